@@ -1,0 +1,41 @@
+# The two commands a newcomer needs: `make run` and `make test`. Everything else is optional.
+SHELL := /bin/bash
+PY := .venv/bin/python
+export UV_PYTHON_DOWNLOADS := never
+
+.PHONY: run test venv lint format schemas bench demo stack-up stack-down clean
+
+run: venv                       ## the whole stack with a mail catcher, in the foreground
+	$(PY) -m deploy.local.run
+
+test: venv lint                 ## set-up plus the whole test suite on a private stack
+	deploy/local/test.sh $(PYTEST_ARGS)
+
+venv: .venv/.synced
+.venv/.synced: pyproject.toml uv.lock
+	deploy/local/bootstrap.sh
+	touch $@
+
+lint: venv
+	.venv/bin/ruff check .
+
+format: venv
+	.venv/bin/ruff check --fix . && .venv/bin/ruff format .
+
+schemas: venv                   ## regenerate docs/schemas/ from shared/messages.py
+	$(PY) -m shared.schemas docs/schemas
+
+bench: venv                     ## every benchmark in bench/, on a private stack
+	deploy/local/bench.sh
+
+demo: venv                      ## publish a sample delivery request to the running stack
+	set -a; . .run/stack/env; set +a; $(PY) -m deploy.local.demo
+
+stack-up:
+	python3 deploy/local/stack.py up --dir .run/stack --ports default
+
+stack-down:
+	python3 deploy/local/stack.py down --dir .run/stack
+
+clean: stack-down
+	rm -rf .run .venv

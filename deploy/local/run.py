@@ -1,0 +1,128 @@
+"""`make run`: the private stack, the mail catcher, migrations, then every service in the
+foreground with its lines prefixed by its name. Ctrl-C stops everything it started.
+"""
+
+import asyncio
+import os
+import signal
+import socket
+import subprocess
+import sys
+from pathlib import Path
+
+ROOT = Path(__file__).resolve().parents[2]
+STACK = ROOT / ".run" / "stack"
+MAIL_DIR = ROOT / ".run" / "mail"
+# Services in start order, with the HTTP port each serves its API and probes on.
+SERVICES = {"config_svc": 8080, "dispatcher": 8081, "sender": 8082}
+COLOURS = {"catcher": 35, "config_svc": 36, "dispatcher": 33, "sender": 32}
+
+
+def free_port(preferred: int) -> int:
+    for port in (preferred, 0):
+        with socket.socket() as sock:
+            try:
+                sock.bind(("127.0.0.1", port))
+            except OSError:
+                continue
+            chosen = sock.getsockname()[1]
+        if chosen != preferred:
+            print(f"run: port {preferred} is taken, using {chosen}", flush=True)
+        return chosen
+    raise RuntimeError("no free port")
+
+
+def read_env(path: Path) -> dict[str, str]:
+    pairs = (line.split("=", 1) for line in path.read_text().splitlines() if "=" in line)
+    return {key.strip(): value.strip() for key, value in pairs}
+
+
+def existing_services() -> list[str]:
+    return [name for name in SERVICES if (ROOT / "services" / name / "__main__.py").exists()]
+
+
+async def pipe_lines(name: str, stream: asyncio.StreamReader) -> None:
+    prefix = f"\x1b[{COLOURS.get(name, 37)}m{name:>10} |\x1b[0m " if sys.stdout.isatty() else (
+        f"{name:>10} | ")
+    async for line in stream:
+        sys.stdout.write(prefix + line.decode(errors="replace"))
+        sys.stdout.flush()
+
+
+async def start(name: str, args: list[str], env: dict[str, str]) -> asyncio.subprocess.Process:
+    process = await asyncio.create_subprocess_exec(
+        *args, cwd=ROOT, env=env, stdout=asyncio.subprocess.PIPE,
+        stderr=asyncio.subprocess.STDOUT, start_new_session=True,
+    )
+    asyncio.create_task(pipe_lines(name, process.stdout))  # noqa: RUF006 - lives as long as it
+    return process
+
+
+async def run_stack(env: dict[str, str]) -> int:
+    processes: dict[str, asyncio.subprocess.Process] = {}
+    stop = asyncio.Event()
+    loop = asyncio.get_running_loop()
+    for sig in (signal.SIGINT, signal.SIGTERM):
+        loop.add_signal_handler(sig, stop.set)
+
+    catcher_port = free_port(2525)
+    env["MAIL_LOCAL_CATCHER_PORT"] = str(catcher_port)
+    processes["catcher"] = await start(
+        "catcher",
+        [sys.executable, "-m", "deploy.local.mailcatcher", "--dir", str(MAIL_DIR),
+         "--port", str(catcher_port)],
+        env,
+    )
+    for name in existing_services():
+        migrate = subprocess.run(  # noqa: ASYNC221 - start-up, before anything else runs
+            [sys.executable, "-m", f"services.{name}", "migrate"], cwd=ROOT, env=env, check=False
+        )
+        if migrate.returncode != 0:
+            print(f"run: migrations of {name} failed", flush=True)
+            stop.set()
+            break
+        service_env = {**env, "MAIL_HTTP_PORT": str(free_port(SERVICES[name]))}
+        processes[name] = await start(name, [sys.executable, "-m", f"services.{name}"],
+                                      service_env)
+    print(f"run: mail caught by the catcher lands in {MAIL_DIR.relative_to(ROOT)}/; "
+          "Ctrl-C stops everything", flush=True)
+
+    waits = {asyncio.create_task(p.wait()): n for n, p in processes.items()}
+    stopper = asyncio.create_task(stop.wait())
+    done, _ = await asyncio.wait([stopper, *waits], return_when=asyncio.FIRST_COMPLETED)
+    if stopper not in done:
+        ended = next(waits[task] for task in done)
+        print(f"run: {ended} ended by itself; stopping the rest", flush=True)
+    for process in reversed(processes.values()):
+        if process.returncode is None:
+            process.send_signal(signal.SIGTERM)
+    for name, process in processes.items():
+        try:
+            await asyncio.wait_for(process.wait(), timeout=30)
+        except TimeoutError:
+            print(f"run: {name} did not stop in 30 s; killing it", flush=True)
+            process.kill()
+    stopper.cancel()
+    return 0
+
+
+def main() -> None:
+    up = subprocess.run(
+        [sys.executable, str(ROOT / "deploy/local/stack.py"), "up", "--dir", str(STACK),
+         "--ports", "default"], check=False,
+    )
+    if up.returncode != 0:
+        sys.exit(up.returncode)
+    try:
+        env = {**os.environ, **read_env(STACK / "env")}
+        code = asyncio.run(run_stack(env))
+    finally:
+        subprocess.run(
+            [sys.executable, str(ROOT / "deploy/local/stack.py"), "down", "--dir", str(STACK)],
+            check=False,
+        )
+    sys.exit(code)
+
+
+if __name__ == "__main__":
+    main()

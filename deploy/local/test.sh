@@ -1,0 +1,14 @@
+#!/usr/bin/env bash
+# `make test`: a private RabbitMQ and PostgreSQL on free ports for this run, the whole test
+# suite against them, then the servers stopped; exits with pytest's code.
+set -uo pipefail
+cd "$(dirname "$0")/../.."
+
+stack=.run/test-stack
+python3 deploy/local/stack.py down --dir "$stack" >/dev/null 2>&1 || true
+rm -rf "$stack"
+python3 deploy/local/stack.py up --dir "$stack" --ports free || exit 1
+trap 'python3 deploy/local/stack.py down --dir "$stack"' EXIT
+
+set -a; . "$stack/env"; set +a
+.venv/bin/python -m pytest "$@"

@@ -1,0 +1,118 @@
+"""PostgreSQL: a pool helper and a small migrations runner.
+
+Migrations are numbered `.sql` files (`0001_accounts.sql`, ...) in a service's
+`migrations/` folder. Each runs in its own transaction and is recorded in
+`schema_migrations`; a session advisory lock makes two replicas starting at once take turns.
+"""
+
+import re
+import zlib
+from dataclasses import dataclass
+from pathlib import Path
+
+import asyncpg
+import orjson
+import structlog
+
+log = structlog.get_logger(__name__)
+
+_FILE = re.compile(r"^(?P<version>\d{4})_(?P<name>[a-z0-9_]+)\.sql$")
+
+
+@dataclass(frozen=True)
+class Migration:
+    version: int
+    name: str
+    path: Path
+
+
+class SchemaTooOld(RuntimeError):
+    """The database lacks migrations this code needs; run them first."""
+
+
+async def _init_connection(connection: asyncpg.Connection) -> None:
+    for kind in ("json", "jsonb"):
+        await connection.set_type_codec(
+            kind, encoder=lambda v: orjson.dumps(v).decode(), decoder=orjson.loads,
+            schema="pg_catalog",
+        )
+
+
+async def create_pool(dsn: str, max_size: int = 10, min_size: int = 1) -> asyncpg.Pool:
+    return await asyncpg.create_pool(
+        dsn, min_size=min_size, max_size=max_size, init=_init_connection, command_timeout=30
+    )
+
+
+def find_migrations(folder: Path) -> list[Migration]:
+    found = []
+    for path in sorted(folder.glob("*.sql")):
+        match = _FILE.match(path.name)
+        if not match:
+            raise ValueError(f"migration file name not of the form 0001_name.sql: {path.name}")
+        found.append(Migration(int(match["version"]), match["name"], path))
+    versions = [m.version for m in found]
+    if len(set(versions)) != len(versions):
+        raise ValueError(f"two migrations share a number in {folder}")
+    return found
+
+
+_CREATE_TABLE = """
+CREATE TABLE IF NOT EXISTS schema_migrations (
+    service    text        NOT NULL,
+    version    integer     NOT NULL,
+    name       text        NOT NULL,
+    applied_at timestamptz NOT NULL DEFAULT now(),
+    PRIMARY KEY (service, version)
+)
+"""
+
+
+# One lock for every service, not one each: CREATE TABLE IF NOT EXISTS itself races.
+_LOCK_ID = zlib.crc32(b"mail-delivery:migrations")
+
+
+async def migrate(connection: asyncpg.Connection, service: str, folder: Path) -> list[int]:
+    """Apply the migrations of `folder` not yet applied; returns the versions applied."""
+    migrations = find_migrations(folder)
+    applied_now: list[int] = []
+    await connection.execute("SELECT pg_advisory_lock($1)", _LOCK_ID)
+    try:
+        await connection.execute(_CREATE_TABLE)
+        done = {
+            row["version"]
+            for row in await connection.fetch(
+                "SELECT version FROM schema_migrations WHERE service = $1", service
+            )
+        }
+        for migration in migrations:
+            if migration.version in done:
+                continue
+            async with connection.transaction():
+                await connection.execute(migration.path.read_text(encoding="utf-8"))
+                await connection.execute(
+                    "INSERT INTO schema_migrations (service, version, name) VALUES ($1, $2, $3)",
+                    service, migration.version, migration.name,
+                )
+            log.info("migration applied", service=service, version=migration.version,
+                     migration=migration.name)
+            applied_now.append(migration.version)
+    finally:
+        await connection.execute("SELECT pg_advisory_unlock($1)", _LOCK_ID)
+    return applied_now
+
+
+async def require_schema(connection: asyncpg.Connection, service: str, folder: Path) -> None:
+    """Refuse to run on a schema older than this code needs, with a clear message."""
+    needed = max((m.version for m in find_migrations(folder)), default=0)
+    try:
+        have = await connection.fetchval(
+            "SELECT coalesce(max(version), 0) FROM schema_migrations WHERE service = $1", service
+        )
+    except asyncpg.UndefinedTableError:
+        have = 0
+    if have < needed:
+        raise SchemaTooOld(
+            f"the {service} schema is at version {have}, this code needs {needed}: "
+            f"run the migrations first (python -m services.{service} migrate)"
+        )

@@ -1,0 +1,37 @@
+"""Settings common to every service.
+
+Each service subclasses `ServiceSettings` and builds it in its `main()`, never at import
+time, so that tests and tools can build their own.
+"""
+
+from typing import Literal
+
+from pydantic import Field, SecretStr
+from pydantic_settings import BaseSettings, SettingsConfigDict
+
+
+class ServiceSettings(BaseSettings):
+    model_config = SettingsConfigDict(env_prefix="MAIL_", extra="ignore")
+
+    amqp_url: SecretStr = Field(
+        SecretStr("amqp://mail:mail@127.0.0.1:5672/mail"),
+        description="RabbitMQ connection URL (vhost included).",
+    )
+    postgres_dsn: SecretStr = Field(
+        SecretStr("postgresql://mail:mail@127.0.0.1:5432/mail"),
+        description="PostgreSQL connection string.",
+    )
+    log_level: Literal["debug", "info", "warning", "error"] = Field(
+        "info", description="Lowest level of log lines written."
+    )
+    log_format: Literal["auto", "json", "console"] = Field(
+        "auto", description="`auto`: console renderer on a TTY, JSON lines otherwise."
+    )
+    http_host: str = Field("0.0.0.0", description="Address the HTTP server listens on.")  # noqa: S104
+    http_port: int = Field(
+        8080, ge=1, le=65535, description="Port of /healthz, /readyz, /metrics (and the API)."
+    )
+    db_pool_max: int = Field(10, ge=1, description="Largest number of PostgreSQL connections.")
+    shutdown_grace_s: float = Field(
+        20.0, gt=0, description="How long a service waits for work in hand on SIGTERM."
+    )

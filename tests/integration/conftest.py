@@ -1,0 +1,51 @@
+from collections.abc import AsyncIterator
+
+import aio_pika
+import asyncpg
+import httpx
+import pytest
+from aio_pika.abc import AbstractRobustConnection
+from yarl import URL
+
+from shared.db import create_pool
+from tests.conftest import required_env
+
+
+@pytest.fixture
+def amqp_url() -> str:
+    return required_env("MAIL_AMQP_URL")
+
+
+@pytest.fixture
+def postgres_dsn() -> str:
+    return required_env("MAIL_POSTGRES_DSN")
+
+
+@pytest.fixture
+def stack_dir() -> str:
+    return required_env("MAIL_STACK_DIR")
+
+
+@pytest.fixture
+async def amqp(amqp_url: str) -> AsyncIterator[AbstractRobustConnection]:
+    connection = await aio_pika.connect_robust(amqp_url, timeout=10)
+    yield connection
+    await connection.close()
+
+
+@pytest.fixture
+async def pool(postgres_dsn: str) -> AsyncIterator[asyncpg.Pool]:
+    pool = await create_pool(postgres_dsn, max_size=5)
+    yield pool
+    await pool.close()
+
+
+@pytest.fixture
+async def management(amqp_url: str) -> AsyncIterator[httpx.AsyncClient]:
+    """The RabbitMQ management API, logged in as the project's user."""
+    url = URL(amqp_url)
+    base = required_env("MAIL_RABBITMQ_MANAGEMENT_URL").rstrip("/") + "/api"
+    async with httpx.AsyncClient(
+        base_url=base, auth=(url.user or "", url.password or ""), timeout=10
+    ) as client:
+        yield client

@@ -1,0 +1,151 @@
+import asyncio
+import subprocess
+import sys
+from pathlib import Path
+
+import aio_pika
+import httpx
+import pytest
+from aio_pika.abc import AbstractRobustConnection
+from aio_pika.exceptions import DeliveryError
+from yarl import URL
+
+from shared.topology import Topology, make_message, open_confirmed_channel, publish, publish_many
+
+ROOT = Path(__file__).resolve().parents[2]
+
+
+async def queue_info(management: httpx.AsyncClient, amqp_url: str, name: str) -> dict:
+    vhost = URL(amqp_url).path.lstrip("/") or "/"
+    response = await management.get(f"/queues/{vhost.replace('/', '%2F')}/{name}")
+    response.raise_for_status()
+    return response.json()
+
+
+async def declared_names(management: httpx.AsyncClient, prefix: str) -> tuple[list, list]:
+    queues = (await management.get("/queues", params={"columns": "name,arguments"})).json()
+    exchanges = (await management.get("/exchanges", params={"columns": "name,type"})).json()
+    mine = lambda rows: sorted(  # noqa: E731
+        (r["name"], str(r.get("arguments", r.get("type")))) for r in rows
+        if r["name"].startswith(prefix + ".")
+    )
+    return mine(queues), mine(exchanges)
+
+
+async def test_declaring_the_topology_twice_changes_nothing(
+    amqp: AbstractRobustConnection, management: httpx.AsyncClient, unique: str
+) -> None:
+    topology = Topology(prefix=unique)
+    channel = await amqp.channel()
+    await topology.declare(channel)
+    await topology.declare_account_queue(channel, "acc-1")
+    first = await declared_names(management, unique)
+
+    await topology.declare(channel)
+    await topology.declare_account_queue(channel, "acc-1")
+    second = await declared_names(management, unique)
+
+    assert first == second
+    queue_names = [name for name, _ in first[0]]
+    assert f"{unique}.dispatcher.requests" in queue_names
+    assert f"{unique}.dead" in queue_names
+    assert f"{unique}.retry.30s" in queue_names
+    assert f"{unique}.send.acc-1" in queue_names
+    await channel.close()
+
+
+async def test_account_queue_is_quorum_with_single_active_consumer(
+    amqp: AbstractRobustConnection, management: httpx.AsyncClient, amqp_url: str, unique: str
+) -> None:
+    topology = Topology(prefix=unique)
+    channel = await amqp.channel()
+    await topology.declare(channel)
+    await topology.declare_account_queue(channel, "acc-2")
+
+    info = await queue_info(management, amqp_url, f"{unique}.send.acc-2")
+    assert info["type"] == "quorum"
+    assert info["arguments"]["x-single-active-consumer"] is True
+    requests = await queue_info(management, amqp_url, f"{unique}.dispatcher.requests")
+    assert requests["arguments"]["x-dead-letter-exchange"] == f"{unique}.dead"
+    await channel.close()
+
+
+async def test_a_message_routed_by_account_reaches_only_that_account_queue(
+    amqp: AbstractRobustConnection, unique: str
+) -> None:
+    topology = Topology(prefix=unique)
+    channel = await open_confirmed_channel(amqp)
+    await topology.declare(channel)
+    mine = await topology.declare_account_queue(channel, "acc-a")
+    other = await topology.declare_account_queue(channel, "acc-b")
+    send = await channel.get_exchange(topology.send_exchange)
+
+    await publish(send, "acc-a", make_message(b'{"n": 1}', message_id="m1"))
+
+    message = await mine.get(timeout=5)
+    assert message.body == b'{"n": 1}'
+    assert message.delivery_mode == aio_pika.DeliveryMode.PERSISTENT
+    assert message.content_type == "application/json"
+    await message.ack()
+    assert await other.get(fail=False) is None
+    await channel.close()
+
+
+async def test_publishing_with_an_unroutable_routing_key_raises(
+    amqp: AbstractRobustConnection, unique: str
+) -> None:
+    topology = Topology(prefix=unique)
+    channel = await open_confirmed_channel(amqp)
+    await topology.declare(channel)
+    send = await channel.get_exchange(topology.send_exchange)
+
+    with pytest.raises(DeliveryError):
+        await publish(send, "no-such-account", make_message(b"{}", message_id="lost"))
+    with pytest.raises(DeliveryError):
+        await publish_many(send, [("no-such-account", make_message(b"{}", message_id="m"))])
+    await channel.close()
+
+
+async def test_publish_many_confirms_every_message(
+    amqp: AbstractRobustConnection, unique: str
+) -> None:
+    topology = Topology(prefix=unique)
+    channel = await open_confirmed_channel(amqp)
+    await topology.declare(channel)
+    queue = await topology.declare_account_queue(channel, "bulk")
+    send = await channel.get_exchange(topology.send_exchange)
+
+    items = [("bulk", make_message(b"{}", message_id=f"m{i}")) for i in range(2500)]
+    assert await publish_many(send, items, window=1000) == 2500
+
+    declared = await channel.declare_queue(queue.name, passive=True)
+    assert declared.declaration_result.message_count == 2500
+    await channel.close()
+
+
+async def test_a_persistent_message_survives_a_restart_of_the_broker(
+    amqp_url: str, stack_dir: str, unique: str
+) -> None:
+    topology = Topology(prefix=unique)
+    connection = await aio_pika.connect(amqp_url, timeout=10)
+    channel = await open_confirmed_channel(connection)
+    await topology.declare(channel)
+    await topology.declare_account_queue(channel, "durable")
+    send = await channel.get_exchange(topology.send_exchange)
+    await publish(send, "durable", make_message(b'{"keep": true}', message_id="keep-1"))
+    await connection.close()
+
+    restart = await asyncio.create_subprocess_exec(
+        sys.executable, str(ROOT / "deploy/local/stack.py"), "restart-rabbitmq",
+        "--dir", stack_dir, stdout=subprocess.DEVNULL,
+    )
+    assert await restart.wait() == 0
+
+    connection = await aio_pika.connect(amqp_url, timeout=30)
+    channel = await connection.channel()
+    queue = await channel.declare_queue(topology.account_queue("durable"), passive=True)
+    message = await queue.get(timeout=10)
+    assert message.body == b'{"keep": true}'
+    assert message.message_id == "keep-1"
+    await message.ack()
+    await connection.close()
