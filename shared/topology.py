@@ -118,6 +118,16 @@ class Topology:
             )
             await queue.bind(exchange, routing_key="")
 
+    async def account_queue_depth(self, channel: AbstractChannel, account_id: str) -> int:
+        """Messages ready in the account's queue, asked of the broker now (declaring the queue
+        if missing). A robust channel's own declare_queue returns its cached first answer."""
+        underlay = await channel.get_underlay_channel()
+        answer = await underlay.queue_declare(
+            self.account_queue(account_id), durable=True,
+            arguments=self.account_queue_arguments(),
+        )
+        return answer.message_count or 0
+
     async def declare_account_queue(
         self, channel: AbstractChannel, account_id: str
     ) -> AbstractQueue:
@@ -168,6 +178,7 @@ async def publish_many(
     items: Iterable[tuple[str, aio_pika.Message]],
     window: int = 1000,
     timeout: float = 60,
+    mandatory: bool = True,
 ) -> int:
     """Publish with up to `window` confirms in flight; returns how many were confirmed.
 
@@ -189,7 +200,9 @@ async def publish_many(
     for routing_key, message in items:
         pending.append(
             asyncio.ensure_future(
-                exchange.publish(message, routing_key=routing_key, mandatory=True, timeout=timeout)
+                exchange.publish(
+                    message, routing_key=routing_key, mandatory=mandatory, timeout=timeout
+                )
             )
         )
         if len(pending) >= window:

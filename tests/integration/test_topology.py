@@ -11,6 +11,7 @@ from aio_pika.exceptions import DeliveryError
 from yarl import URL
 
 from shared.topology import Topology, make_message, open_confirmed_channel, publish, publish_many
+from tests.integration.amqp_helpers import receive
 
 ROOT = Path(__file__).resolve().parents[2]
 
@@ -81,13 +82,15 @@ async def test_a_message_routed_by_account_reaches_only_that_account_queue(
     send = await channel.get_exchange(topology.send_exchange)
 
     await publish(send, "acc-a", make_message(b'{"n": 1}', message_id="m1"))
+    await publish(send, "acc-b", make_message(b'{"marker": true}', message_id="m2"))
 
-    message = await mine.get(timeout=5)
+    [message] = await receive(mine)
     assert message.body == b'{"n": 1}'
     assert message.delivery_mode == aio_pika.DeliveryMode.PERSISTENT
     assert message.content_type == "application/json"
-    await message.ack()
-    assert await other.get(fail=False) is None
+    # Had "acc-a"'s message reached the other queue too, it would come before the marker.
+    [first_of_other] = await receive(other)
+    assert first_of_other.message_id == "m2"
     await channel.close()
 
 
@@ -118,8 +121,8 @@ async def test_publish_many_confirms_every_message(
     items = [("bulk", make_message(b"{}", message_id=f"m{i}")) for i in range(2500)]
     assert await publish_many(send, items, window=1000) == 2500
 
-    declared = await channel.declare_queue(queue.name, passive=True)
-    assert declared.declaration_result.message_count == 2500
+    assert await topology.account_queue_depth(channel, "bulk") == 2500
+    assert len(await receive(queue, count=2500)) == 2500
     await channel.close()
 
 
@@ -144,8 +147,7 @@ async def test_a_persistent_message_survives_a_restart_of_the_broker(
     connection = await aio_pika.connect(amqp_url, timeout=30)
     channel = await connection.channel()
     queue = await channel.declare_queue(topology.account_queue("durable"), passive=True)
-    message = await queue.get(timeout=10)
+    [message] = await receive(queue)
     assert message.body == b'{"keep": true}'
     assert message.message_id == "keep-1"
-    await message.ack()
     await connection.close()
