@@ -35,3 +35,18 @@ class ServiceSettings(BaseSettings):
     shutdown_grace_s: float = Field(
         20.0, gt=0, description="How long a service waits for work in hand on SIGTERM."
     )
+
+
+class ApiSettings(ServiceSettings):
+    """Settings of a service with an authenticated HTTP API."""
+
+    jwt_algorithm: Literal["HS256", "RS256"] = Field(
+        "HS256", description="The only JWT algorithm accepted."
+    )
+    jwt_secret: SecretStr | None = Field(None, description="HS256 shared secret.")
+    jwt_public_key: str | None = Field(None, description="RS256 public key (PEM).")
+
+    def jwt_key(self) -> str:
+        if self.jwt_algorithm == "HS256":
+            return self.jwt_secret.get_secret_value() if self.jwt_secret else ""
+        return self.jwt_public_key or ""

@@ -4,11 +4,17 @@ foreground with its lines prefixed by its name. Ctrl-C stops everything it start
 
 import asyncio
 import os
+import secrets
 import signal
 import socket
 import subprocess
 import sys
 from pathlib import Path
+
+import httpx
+
+from shared.auth import ADMIN_ROLE, issue_token
+from shared.crypto import SecretBox
 
 ROOT = Path(__file__).resolve().parents[2]
 STACK = ROOT / ".run" / "stack"
@@ -35,6 +41,48 @@ def free_port(preferred: int) -> int:
 def read_env(path: Path) -> dict[str, str]:
     pairs = (line.split("=", 1) for line in path.read_text().splitlines() if "=" in line)
     return {key.strip(): value.strip() for key, value in pairs}
+
+
+def local_secrets() -> dict[str, str]:
+    """The JWT secret and encryption key of the local stack, made once and kept in .run/."""
+    path = STACK / "secrets.env"
+    if not path.exists():
+        path.write_text(
+            f"MAIL_JWT_SECRET={secrets.token_urlsafe(32)}\n"
+            f"MAIL_FERNET_KEYS={SecretBox.generate_key()}\n"
+        )
+        path.chmod(0o600)
+    return read_env(path)
+
+
+async def register_catcher_account(api_port: int, token: str, catcher_port: int) -> None:
+    """On first start, a default account that sends to the mail catcher."""
+    headers = {"Authorization": f"Bearer {token}"}
+    async with httpx.AsyncClient(base_url=f"http://127.0.0.1:{api_port}", timeout=5) as client:
+        for _ in range(300):  # up to 30 s for the service to become ready
+            try:
+                if (await client.get("/readyz")).status_code == 200:
+                    break
+            except httpx.TransportError:
+                pass
+            await asyncio.sleep(0.1)
+        query = {"q": "Local mail catcher", "match": "all"}
+        listing = (await client.get("/v1/accounts", params=query, headers=headers)).json()
+        catcher = next((a for a in listing["items"] if a["name"] == "Local mail catcher"), None)
+        if catcher is None:
+            response = await client.post("/v1/accounts", headers=headers, json={
+                "name": "Local mail catcher", "from_address": "noreply@example.com",
+                "from_name": "mail-delivery (local)", "smtp_host": "127.0.0.1",
+                "smtp_port": catcher_port, "tls": "none", "send_interval_ms": 100,
+                "is_default": True,
+            })
+            response.raise_for_status()
+            print(f"run: registered the default account {response.json()['id']} "
+                  "(the mail catcher)", flush=True)
+        else:
+            # The catcher may have a new port this time.
+            await client.patch(f"/v1/accounts/{catcher['id']}", headers=headers,
+                               json={"smtp_port": catcher_port})
 
 
 def existing_services() -> list[str]:
@@ -81,9 +129,14 @@ async def run_stack(env: dict[str, str]) -> int:
             print(f"run: migrations of {name} failed", flush=True)
             stop.set()
             break
-        service_env = {**env, "MAIL_HTTP_PORT": str(free_port(SERVICES[name]))}
+        port = free_port(SERVICES[name])
         processes[name] = await start(name, [sys.executable, "-m", f"services.{name}"],
-                                      service_env)
+                                      {**env, "MAIL_HTTP_PORT": str(port)})
+        if name == "config_svc":
+            token = issue_token(env["MAIL_JWT_SECRET"], "make-run", [ADMIN_ROLE])
+            await register_catcher_account(port, token, catcher_port)
+            print(f"run: accounts API on http://127.0.0.1:{port}/docs; an admin token "
+                  f"for 12 h:\n{token}", flush=True)
     print(f"run: mail caught by the catcher lands in {MAIL_DIR.relative_to(ROOT)}/; "
           "Ctrl-C stops everything", flush=True)
 
@@ -114,7 +167,7 @@ def main() -> None:
     if up.returncode != 0:
         sys.exit(up.returncode)
     try:
-        env = {**os.environ, **read_env(STACK / "env")}
+        env = {**os.environ, **read_env(STACK / "env"), **local_secrets()}
         code = asyncio.run(run_stack(env))
     finally:
         subprocess.run(

@@ -1,0 +1,3 @@
+from services.config_svc.cli import main
+
+main()

@@ -1,0 +1,119 @@
+"""The accounts API's request and response bodies.
+
+Requests forbid unknown fields, so `id`, `created_by` or `owner` cannot be mass-assigned.
+Per-field checks live here; checks across fields are in `rules.py`.
+"""
+
+from datetime import datetime
+from typing import Annotated, Literal
+
+from pydantic import (
+    AfterValidator,
+    BaseModel,
+    ConfigDict,
+    Field,
+    SecretStr,
+    StringConstraints,
+)
+
+from shared.addresses import check_address, check_host, check_hostname
+from shared.messages import AccountPublic, Tls
+
+MAX_INTERVAL_MS = 1_500_000  # under RabbitMQ's 30-minute consumer timeout, with margin
+
+Text = Annotated[str, StringConstraints(min_length=1, max_length=200, pattern=r"^[^\r\n\x00]*$")]
+Address = Annotated[str, StringConstraints(max_length=320), AfterValidator(check_address)]
+Host = Annotated[str, AfterValidator(check_host)]
+HostName = Annotated[str, AfterValidator(check_hostname)]
+Port = Annotated[int, Field(ge=1, le=65535)]
+Password = Annotated[SecretStr, Field(min_length=1, max_length=1024)]
+Interval = Annotated[int, Field(ge=0, le=MAX_INTERVAL_MS)]
+
+
+class Strict(BaseModel):
+    model_config = ConfigDict(extra="forbid")
+
+
+class AccountFields(Strict):
+    """Every field of the seed's registration form."""
+
+    name: Text
+    personal: bool = False
+    from_address: Address
+    from_name: Text | None = None
+    reply_to: Address | None = None
+    smtp_host: Host
+    smtp_port: Port
+    smtp_auth: bool = False
+    smtp_username: Text | None = None
+    smtp_password: Password | None = None
+    pop_before_smtp: bool = False
+    pop_host: Host | None = None
+    pop_port: Port | None = None
+    pop_username: Text | None = None
+    pop_password: Password | None = None
+    tls: Tls = "starttls"
+    local_hostname: HostName | None = None
+    send_interval_ms: Interval = 0
+    is_default: bool = False
+
+
+class AccountPatch(Strict):
+    """Only the fields sent change; a password left out keeps the stored one."""
+
+    name: Text | None = None
+    personal: bool | None = None
+    from_address: Address | None = None
+    from_name: Text | None = None
+    reply_to: Address | None = None
+    smtp_host: Host | None = None
+    smtp_port: Port | None = None
+    smtp_auth: bool | None = None
+    smtp_username: Text | None = None
+    smtp_password: Password | None = None
+    pop_before_smtp: bool | None = None
+    pop_host: Host | None = None
+    pop_port: Port | None = None
+    pop_username: Text | None = None
+    pop_password: Password | None = None
+    tls: Tls | None = None
+    local_hostname: HostName | None = None
+    send_interval_ms: Interval | None = None
+    is_default: bool | None = None
+
+
+class TestMailTo(Strict):
+    to: Address
+
+
+class UnsavedTestMail(AccountFields):
+    to: Address
+
+
+class AccountOut(AccountPublic):
+    smtp_password_set: bool
+    pop_password_set: bool
+    warnings: list[str] = Field(default_factory=list)
+
+
+class AccountRow(BaseModel):
+    """One row of the list: the seed's columns, plus whether the account is paused."""
+
+    id: str
+    name: str
+    personal: bool
+    owner: str | None
+    created_by: str
+    created_at: datetime
+    paused: bool
+    is_default: bool
+
+
+class AccountPage(BaseModel):
+    items: list[AccountRow]
+    total: int
+    limit: int
+    offset: int
+
+
+Match = Literal["any", "all"]
