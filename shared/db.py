@@ -31,11 +31,16 @@ class SchemaTooOld(RuntimeError):
 
 
 async def _init_connection(connection: asyncpg.Connection) -> None:
-    for kind in ("json", "jsonb"):
-        await connection.set_type_codec(
-            kind, encoder=lambda v: orjson.dumps(v).decode(), decoder=orjson.loads,
-            schema="pg_catalog",
-        )
+    await connection.set_type_codec(
+        "json", encoder=lambda v: orjson.dumps(v).decode(), decoder=orjson.loads,
+        schema="pg_catalog",
+    )
+    # Binary, so that COPY (which speaks only binary) can write jsonb too: a version byte,
+    # then the JSON text.
+    await connection.set_type_codec(
+        "jsonb", encoder=lambda v: b"\x01" + orjson.dumps(v),
+        decoder=lambda data: orjson.loads(data[1:]), schema="pg_catalog", format="binary",
+    )
 
 
 async def create_pool(dsn: str, max_size: int = 10, min_size: int = 1) -> asyncpg.Pool:

@@ -5,9 +5,7 @@ import uuid
 from typing import Annotated, Any
 
 from fastapi import Depends, FastAPI, Header, Query, Request
-from fastapi.exceptions import RequestValidationError
 from fastapi.responses import JSONResponse, Response
-from fastapi.security import HTTPAuthorizationCredentials, HTTPBearer
 from starlette.types import ASGIApp, Message, Receive, Scope, Send
 
 from services.config_svc.accounts import AccountError, AccountService
@@ -21,7 +19,8 @@ from services.config_svc.schemas import (
     UnsavedTestMail,
 )
 from services.config_svc.testmail import TestMailReport, pick_language
-from shared.auth import InvalidToken, TokenVerifier, User
+from shared.api import install_common_handlers, user_dependency
+from shared.auth import TokenVerifier, User
 from shared.crypto import UndecryptableSecret
 from shared.http import Health, health_routes
 
@@ -97,42 +96,17 @@ def create_app(service: AccountService, verifier: TokenVerifier, health: Health,
                max_body_bytes: int) -> FastAPI:
     app = FastAPI(title="mail-delivery: accounts", version="1", docs_url="/docs")
     app.add_middleware(BodyLimit, max_bytes=max_body_bytes)
-    bearer = HTTPBearer(auto_error=False)
-
-    async def current_user(
-        credentials: Annotated[HTTPAuthorizationCredentials | None, Depends(bearer)],
-    ) -> User:
-        if credentials is None:
-            raise _Unauthorized("a bearer token is required")
-        try:
-            return verifier.verify(credentials.credentials)
-        except InvalidToken as error:
-            raise _Unauthorized(f"invalid token: {error}") from None
-
-    UserDep = Annotated[User, Depends(current_user)]
+    install_common_handlers(app)
+    UserDep = Annotated[User, Depends(user_dependency(verifier))]
     Lang = Annotated[str | None, Header(alias="Accept-Language")]
 
     @app.exception_handler(AccountError)
     async def account_error(_request: Request, error: AccountError) -> JSONResponse:
         return JSONResponse({"detail": error.detail}, status_code=error.status)
 
-    @app.exception_handler(_Unauthorized)
-    async def unauthorized(_request: Request, error: _Unauthorized) -> JSONResponse:
-        return JSONResponse({"detail": str(error)}, status_code=401,
-                            headers={"WWW-Authenticate": "Bearer"})
-
     @app.exception_handler(UndecryptableSecret)
     async def undecryptable(_request: Request, error: UndecryptableSecret) -> JSONResponse:
         return JSONResponse({"detail": str(error)}, status_code=500)
-
-    @app.exception_handler(RequestValidationError)
-    async def invalid(_request: Request, error: RequestValidationError) -> JSONResponse:
-        # FastAPI's default echoes the offending input, which may be a password.
-        errors = [
-            {"loc": list(e["loc"]), "msg": _message(e), "type": e["type"]}
-            for e in error.errors()
-        ]
-        return JSONResponse({"detail": errors}, status_code=422)
 
     writes = [Depends(strict_json)]
 
@@ -182,15 +156,6 @@ def create_app(service: AccountService, verifier: TokenVerifier, health: Health,
 
     app.router.routes.extend(health_routes(health))
     return app
-
-
-class _Unauthorized(Exception):
-    pass
-
-
-def _message(error: dict[str, Any]) -> str:
-    field = next((str(part) for part in reversed(error["loc"]) if isinstance(part, str)), "")
-    return f"{field}: {error['msg']}" if field and field != "body" else error["msg"]
 
 
 def _uuid(value: str) -> str:

@@ -10,6 +10,7 @@ from yarl import URL
 from shared.db import create_pool
 from tests.conftest import required_env
 from tests.integration.accounts_fixtures import accounts_api  # noqa: F401 - a fixture
+from tests.integration.dispatcher_fixtures import dispatcher  # noqa: F401 - a fixture
 
 
 @pytest.fixture

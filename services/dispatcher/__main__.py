@@ -1,0 +1,3 @@
+from services.dispatcher.cli import main
+
+main()

@@ -1,0 +1,86 @@
+"""One small job per recipient into the account's queue, each exactly once.
+
+Jobs are published in windows, one AMQP transaction per window, and the window's recipient
+rows are marked `queued` in a database transaction that commits right after the broker's
+commit-ok. Publisher confirms cannot take back half a window when the dispatcher dies
+mid-window: the broker keeps what it received, and the redelivered request would publish it
+again. An uncommitted AMQP transaction is discarded when its channel dies, so after a crash
+the redelivered request publishes exactly the windows that were not committed. The one
+window left for a duplicate is between the broker's commit-ok and the database's commit.
+"""
+
+import asyncio
+from collections.abc import Sequence
+from typing import Any
+
+import aio_pika
+import asyncpg
+import structlog
+from aio_pika.abc import AbstractChannel, AbstractConnection, AbstractExchange
+
+from services.dispatcher import repository
+from shared.messages import SendJob
+from shared.topology import Topology, make_message
+
+log = structlog.get_logger(__name__)
+
+
+class Unroutable(Exception):
+    """The broker returned a job: the account's queue is gone."""
+
+
+class FanOut:
+    def __init__(self, channel: AbstractChannel, topology: Topology, window: int) -> None:
+        self._channel = channel
+        self._topology = topology
+        self._window = window
+        self._lock = asyncio.Lock()  # one AMQP transaction on the channel at a time
+        self._returned: set[str] = set()
+        self._exchange: AbstractExchange | None = None
+        channel.return_callbacks.add(self._on_return)
+
+    @classmethod
+    async def open(cls, connection: AbstractConnection, topology: Topology,
+                   window: int) -> "FanOut":
+        return cls(await connection.channel(publisher_confirms=False), topology, window)
+
+    def _on_return(self, _channel: Any, message: aio_pika.abc.AbstractIncomingMessage) -> None:
+        if message.message_id:
+            self._returned.add(message.message_id)
+
+    async def publish(self, db: asyncpg.Connection, delivery_id: str, account_id: str) -> int:
+        """Publishes the jobs of every recipient not yet queued; returns how many."""
+        if self._exchange is None:
+            self._exchange = await self._channel.get_exchange(self._topology.send_exchange)
+        await self._topology.declare_account_queue(self._channel, account_id)
+        pending = await repository.not_queued(db, delivery_id)
+        for start in range(0, len(pending), self._window):
+            window = pending[start:start + self._window]
+            await self._publish_window(db, delivery_id, account_id, window)
+        return len(pending)
+
+    async def _publish_window(self, db: asyncpg.Connection, delivery_id: str, account_id: str,
+                              rows: Sequence[Any]) -> None:
+        jobs = [
+            SendJob(job_id=f"{delivery_id}:{row['idx']}", delivery_id=delivery_id,
+                    account_id=account_id, index=row["idx"], email=row["email"],
+                    name=row["name"], vars=row["vars"])
+            for row in rows
+        ]
+        headers = {"delivery_id": delivery_id, "account_id": account_id}
+        assert self._exchange is not None
+        async with self._lock, db.transaction():
+            await repository.mark_queued(db, delivery_id, [job.index for job in jobs])
+            transaction = self._channel.transaction()
+            await transaction.select()
+            for job in jobs:
+                await self._exchange.publish(
+                    make_message(job, message_id=job.job_id, headers=headers,
+                                 type_="mail.send"),
+                    routing_key=account_id, mandatory=True,
+                )
+            await transaction.commit()
+            returned = self._returned & {job.job_id for job in jobs}
+            self._returned -= returned
+            if returned:  # the database transaction rolls back: these stay `new`
+                raise Unroutable(f"{len(returned)} jobs came back: no queue for {account_id}")

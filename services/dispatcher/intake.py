@@ -1,0 +1,105 @@
+"""A delivery request from bytes to `delivery.accepted` or `delivery.rejected`."""
+
+import hashlib
+
+import asyncpg
+import structlog
+from aio_pika.abc import AbstractChannel
+
+from services.dispatcher import repository
+from services.dispatcher.decode import decode_request
+from services.dispatcher.fanout import FanOut
+from services.dispatcher.rejection import DUPLICATE_DELIVERY, Rejection
+from services.dispatcher.validate import prepare
+from shared.messages import DeliveryAccepted, DeliveryRejected, Event
+from shared.topology import EventPublisher, Topology, make_message, publish
+
+log = structlog.get_logger(__name__)
+
+
+class DeadLetters:
+    """Where a refused request goes: `mail.dead`, with the reason in its headers."""
+
+    def __init__(self, channel: AbstractChannel, topology: Topology) -> None:
+        self._channel = channel  # a confirmed channel: acked only once it is in mail.dead
+        self._topology = topology
+
+    async def send(self, body: bytes, message_id: str | None, rejection: Rejection) -> None:
+        headers = {
+            "x-reason": rejection.reason,
+            "x-detail": rejection.detail[:1000],
+            "x-delivery-id": rejection.delivery_id or "",
+            "x-original-exchange": self._topology.requests_exchange,
+            "x-original-routing-key": "delivery.request",
+        }
+        dead = await self._channel.get_exchange(self._topology.dead_exchange, ensure=False)
+        await publish(dead, "delivery.request",
+                      make_message(body, message_id=message_id or "", headers=headers))
+
+
+class Intake:
+    def __init__(self, pool: asyncpg.Pool, fanout: FanOut, events: EventPublisher,
+                 dead: DeadLetters, max_bytes: int) -> None:
+        self._pool = pool
+        self._fanout = fanout
+        self._events = events
+        self._dead = dead
+        self._max_bytes = max_bytes
+
+    async def handle(self, body: bytes, message_id: str | None) -> str:
+        """Returns the outcome (accepted, already accepted, rejected) for the log line.
+        Raises only for infrastructure failures: then the request is tried again."""
+        try:
+            return await self._accept(body, message_id)
+        except Rejection as rejection:
+            await self._reject(body, message_id, rejection)
+            return f"rejected: {rejection.reason}"
+
+    async def _accept(self, body: bytes, message_id: str | None) -> str:
+        request = decode_request(body, message_id, self._max_bytes)
+        structlog.contextvars.bind_contextvars(delivery_id=request.delivery_id)
+        sha256 = hashlib.sha256(body).digest()
+        async with repository.delivery_lock(self._pool, request.delivery_id) as db:
+            stored = await repository.get_delivery(db, request.delivery_id)
+            if stored is not None and stored["request_sha256"] != sha256:
+                raise Rejection(DUPLICATE_DELIVERY, "a different request with this delivery_id "
+                                "was accepted before; nothing of this one is sent",
+                                request.delivery_id)
+            if stored is not None and stored["accepted_at"] is not None:
+                return "already accepted"  # a byte-identical repeat
+            if stored is None:
+                prepared = prepare(request, await repository.find_account(
+                    self._pool, request.account_id))
+                await repository.store(db, prepared, sha256)
+                account_id, total = prepared.account_id, len(prepared.recipients)
+            else:  # redelivered after a crash half-way: publish only what is not queued yet
+                account_id, total = str(stored["account_id"]), stored["total"]
+            structlog.contextvars.bind_contextvars(account_id=account_id)
+            published = await self._fanout.publish(db, request.delivery_id, account_id)
+            await self._events.publish(DeliveryAccepted(
+                delivery_id=request.delivery_id, metadata=request.metadata,
+                account_id=account_id, recipients=total))
+            await repository.mark_accepted(db, request.delivery_id)
+        log.info("delivery accepted", recipients=total, published_now=published)
+        return "accepted"
+
+    async def _reject(self, body: bytes, message_id: str | None, rejection: Rejection) -> None:
+        if rejection.delivery_id is not None:
+            metadata = await self._metadata_of(body)
+            event: Event = DeliveryRejected(delivery_id=rejection.delivery_id,
+                                            metadata=metadata, reason=rejection.reason,
+                                            detail=rejection.detail)
+            await self._events.publish(event)
+        await self._dead.send(body, message_id, rejection)
+        log.warning("delivery rejected", reason=rejection.reason, detail=rejection.detail,
+                    delivery_id=rejection.delivery_id)
+
+    async def _metadata_of(self, body: bytes) -> dict:
+        """The request's metadata, echoed in the rejection when it can be read."""
+        if len(body) > self._max_bytes:
+            return {}
+        try:
+            request = decode_request(body, None, self._max_bytes)
+        except Rejection:
+            return {}
+        return request.metadata

@@ -1,0 +1,106 @@
+"""Deliveries and their recipient rows, over asyncpg. The `accounts` table is read only."""
+
+from collections.abc import AsyncIterator, Sequence
+from contextlib import asynccontextmanager
+from typing import Any
+
+import asyncpg
+
+from services.dispatcher.validate import PreparedDelivery, account_uuid
+
+RECIPIENT_STATES = ("new", "queued", "deferred", "sent", "failed", "unknown")
+
+
+async def find_account(db: asyncpg.Pool, account_id: str | None) -> asyncpg.Record | None:
+    """The named live account, or the default one when none is named."""
+    if account_id is None:
+        return await db.fetchrow(
+            "SELECT id, personal, owner FROM accounts WHERE is_default AND deleted_at IS NULL")
+    wanted = account_uuid(account_id)
+    if wanted is None:
+        return None
+    return await db.fetchrow(
+        "SELECT id, personal, owner FROM accounts WHERE id = $1 AND deleted_at IS NULL", wanted)
+
+
+@asynccontextmanager
+async def delivery_lock(pool: asyncpg.Pool, delivery_id: str) -> AsyncIterator[asyncpg.Connection]:
+    """One dispatcher at a time per delivery id: a copy of the same request handled at once
+    by two consumers waits, then finds it accepted."""
+    async with pool.acquire() as db:
+        await db.execute("SELECT pg_advisory_lock(hashtext($1))", delivery_id)
+        try:
+            yield db
+        finally:
+            await db.execute("SELECT pg_advisory_unlock(hashtext($1))", delivery_id)
+
+
+async def get_delivery(db: asyncpg.Connection | asyncpg.Pool,
+                       delivery_id: str) -> asyncpg.Record | None:
+    return await db.fetchrow("SELECT * FROM deliveries WHERE delivery_id = $1", delivery_id)
+
+
+async def store(db: asyncpg.Connection, prepared: PreparedDelivery, sha256: bytes) -> None:
+    """The delivery and one row per recipient, in one transaction."""
+    request = prepared.request
+    async with db.transaction():
+        await db.execute(
+            "INSERT INTO deliveries (delivery_id, request_sha256, account_id, requested_by, "
+            "subject, text_body, html_body, headers, metadata, total) "
+            "VALUES ($1, $2, $3, $4, $5, $6, $7, $8, $9, $10)",
+            request.delivery_id, sha256, prepared.account_id, request.requested_by,
+            request.subject, request.text, request.html, request.headers, request.metadata,
+            len(prepared.recipients),
+        )
+        await db.copy_records_to_table(
+            "delivery_recipients",
+            columns=["delivery_id", "idx", "email", "name", "vars"],
+            records=(
+                (request.delivery_id, index, r.email, r.name, r.vars)
+                for index, r in enumerate(prepared.recipients)
+            ),
+        )
+
+
+async def not_queued(db: asyncpg.Connection, delivery_id: str) -> list[asyncpg.Record]:
+    """Recipients whose job the broker has not yet confirmed, in order."""
+    return await db.fetch(
+        "SELECT idx, email, name, vars FROM delivery_recipients "
+        "WHERE delivery_id = $1 AND state = 'new' ORDER BY idx",
+        delivery_id,
+    )
+
+
+async def mark_queued(db: asyncpg.Connection, delivery_id: str, indexes: Sequence[int]) -> None:
+    await db.execute(
+        "UPDATE delivery_recipients SET state = 'queued', queued_at = now(), updated_at = now() "
+        "WHERE delivery_id = $1 AND idx = ANY($2::int[]) AND state = 'new'",
+        delivery_id, list(indexes),
+    )
+
+
+async def mark_accepted(db: asyncpg.Connection, delivery_id: str) -> None:
+    await db.execute(
+        "UPDATE deliveries SET accepted_at = now() WHERE delivery_id = $1 AND accepted_at IS NULL",
+        delivery_id,
+    )
+
+
+async def recipient_counts(db: asyncpg.Pool, delivery_id: str) -> dict[str, int]:
+    rows = await db.fetch(
+        "SELECT state, count(*) AS n FROM delivery_recipients WHERE delivery_id = $1 "
+        "GROUP BY state", delivery_id)
+    counts = dict.fromkeys(RECIPIENT_STATES, 0)
+    counts.update({row["state"]: row["n"] for row in rows})
+    return counts
+
+
+async def recipients(db: asyncpg.Pool, delivery_id: str, state: str | None, limit: int,
+                     offset: int) -> list[dict[str, Any]]:
+    rows = await db.fetch(
+        "SELECT idx, email, name, state, attempts, last_smtp_code, last_smtp_message, "
+        "message_id, updated_at FROM delivery_recipients "
+        "WHERE delivery_id = $1 AND ($2::text IS NULL OR state = $2) ORDER BY idx "
+        "LIMIT $3 OFFSET $4",
+        delivery_id, state, limit, offset)
+    return [dict(row) for row in rows]

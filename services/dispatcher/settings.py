@@ -1,0 +1,16 @@
+from pydantic import Field
+
+from shared.settings import ApiSettings
+
+
+class DispatcherSettings(ApiSettings):
+    http_port: int = Field(8081, ge=1, le=65535, description="Port of the delivery status API.")
+    request_prefetch: int = Field(
+        4, ge=1, description="Delivery requests handled at once by one dispatcher."
+    )
+    max_request_bytes: int = Field(
+        32 * 1024 * 1024, ge=1024, description="Largest delivery request accepted (bytes)."
+    )
+    fanout_window: int = Field(
+        1000, ge=1, le=50_000, description="Jobs published per broker transaction."
+    )

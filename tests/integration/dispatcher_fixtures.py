@@ -1,0 +1,112 @@
+"""An in-process dispatcher on the real broker and database, with a topology of its own."""
+
+import asyncio
+import uuid
+from collections.abc import AsyncIterator
+from dataclasses import dataclass
+
+import asyncpg
+import orjson
+import pytest
+from aio_pika.abc import AbstractChannel, AbstractQueue, AbstractRobustConnection
+
+from services.config_svc.main import MIGRATIONS as ACCOUNTS_MIGRATIONS
+from services.dispatcher.consumer import RequestConsumer
+from services.dispatcher.fanout import FanOut
+from services.dispatcher.intake import DeadLetters, Intake
+from services.dispatcher.main import MIGRATIONS
+from shared.db import migrate
+from shared.topology import (
+    EventPublisher,
+    Topology,
+    make_message,
+    open_confirmed_channel,
+    publish,
+)
+
+
+async def migrate_all(pool: asyncpg.Pool) -> None:
+    async with pool.acquire() as db:
+        await migrate(db, "config_svc", ACCOUNTS_MIGRATIONS)
+        await migrate(db, "dispatcher", MIGRATIONS)
+
+
+async def insert_account(pool: asyncpg.Pool, *, personal: bool = False,
+                         owner: str | None = None) -> str:
+    return str(await pool.fetchval(
+        "INSERT INTO accounts (name, personal, owner, from_address, smtp_host, smtp_port, "
+        "tls, created_by) VALUES ($1, $2, $3, 'news@shop.example.com', '127.0.0.1', 25, "
+        "'none', 'tests') RETURNING id",
+        f"dispatcher test {uuid.uuid4().hex[:8]}", personal, owner))
+
+
+def request_body(**changes: object) -> dict:
+    body = {
+        "delivery_id": f"crm-{uuid.uuid4().hex[:12]}",
+        "requested_by": "tanaka",
+        "subject": "{{name}} 様 11月のお知らせ",
+        "text": "{{name}} 様, plan {{plan}}",
+        "html": "<p>{{name}} 様</p>",
+        "recipients": [
+            {"email": "a@example.com", "name": "山田 太郎", "vars": {"plan": "gold"}},
+            {"email": "b@example.com", "name": "鈴木 花子", "vars": {"plan": "silver"}},
+        ],
+        "headers": {"X-Campaign": "2026-11"},
+        "metadata": {"crm_delivery": 123},
+    }
+    body.update(changes)
+    return {k: v for k, v in body.items() if v is not ...}
+
+
+@dataclass
+class Dispatcher:
+    pool: asyncpg.Pool
+    channel: AbstractChannel
+    topology: Topology
+    account_id: str
+    events: AbstractQueue
+    dead: AbstractQueue
+    consumer: RequestConsumer
+
+    async def publish_bytes(self, body: bytes, message_id: str = "") -> None:
+        exchange = await self.channel.get_exchange(self.topology.requests_exchange)
+        await publish(exchange, "delivery.request", make_message(body, message_id=message_id))
+
+    async def publish_request(self, body: dict) -> None:
+        await self.publish_bytes(orjson.dumps(body), body.get("delivery_id", ""))
+
+    async def next_event(self, timeout: float = 10) -> dict:
+        async with self.events.iterator() as messages, asyncio.timeout(timeout):
+            async for message in messages:
+                await message.ack()
+                return orjson.loads(message.body)
+        raise AssertionError("unreachable")
+
+    def account_queue(self) -> str:
+        return self.topology.account_queue(self.account_id)
+
+
+@pytest.fixture
+async def dispatcher(pool: asyncpg.Pool, amqp: AbstractRobustConnection,
+                     unique: str) -> AsyncIterator[Dispatcher]:
+    await migrate_all(pool)
+    topology = Topology(prefix=unique)
+    channel = await open_confirmed_channel(amqp)
+    await topology.declare(channel)
+    account_id = await insert_account(pool)
+    await topology.declare_account_queue(channel, account_id)
+    events = await channel.declare_queue(exclusive=True)
+    await events.bind(topology.events_exchange, routing_key="delivery.*")
+    dead = await channel.get_queue(topology.dead_queue)
+
+    intake = Intake(pool, await FanOut.open(amqp, topology, window=100),
+                    EventPublisher(channel, topology), DeadLetters(channel, topology),
+                    max_bytes=32 * 1024 * 1024)
+    consuming = await amqp.channel()
+    await consuming.set_qos(prefetch_count=4)
+    consumer = RequestConsumer(await consuming.get_queue(topology.requests_queue), intake)
+    await consumer.start()
+    yield Dispatcher(pool, channel, topology, account_id, events, dead, consumer)
+    await consumer.stop(10)
+    await consuming.close()
+    await channel.close()

@@ -1,0 +1,132 @@
+"""The dispatcher as a real process: killed with SIGKILL in the middle of a fan-out."""
+
+import asyncio
+import os
+import socket
+import sys
+from collections.abc import AsyncIterator
+
+import asyncpg
+import httpx
+import orjson
+import pytest
+from aio_pika.abc import AbstractRobustConnection
+
+from shared.auth import issue_token
+from shared.topology import Topology, make_message, open_confirmed_channel, publish
+from tests.conftest import eventually
+from tests.integration.amqp_helpers import receive
+from tests.integration.dispatcher_fixtures import insert_account, migrate_all, request_body
+
+JWT_SECRET = "process-test-secret-of-32-bytes!!"
+
+
+def free_port() -> int:
+    with socket.socket() as sock:
+        sock.bind(("127.0.0.1", 0))
+        return sock.getsockname()[1]
+
+
+class DispatcherProcess:
+    def __init__(self, amqp_url: str, postgres_dsn: str) -> None:
+        self.port = free_port()
+        self.env = {**os.environ, "MAIL_AMQP_URL": amqp_url, "MAIL_POSTGRES_DSN": postgres_dsn,
+                    "MAIL_JWT_SECRET": JWT_SECRET, "MAIL_HTTP_PORT": str(self.port),
+                    "MAIL_HTTP_HOST": "127.0.0.1", "MAIL_FANOUT_WINDOW": "250",
+                    "MAIL_LOG_LEVEL": "warning"}
+        self.process: asyncio.subprocess.Process | None = None
+
+    async def start(self) -> None:
+        self.process = await asyncio.create_subprocess_exec(
+            sys.executable, "-m", "services.dispatcher", env=self.env)
+
+        async def ready() -> bool:
+            try:
+                async with httpx.AsyncClient(timeout=1) as client:
+                    response = await client.get(f"http://127.0.0.1:{self.port}/readyz")
+                    return response.status_code == 200
+            except httpx.TransportError:
+                return False
+
+        await eventually(ready, timeout=30)
+
+    async def stop(self) -> None:
+        if self.process and self.process.returncode is None:
+            self.process.terminate()
+            await asyncio.wait_for(self.process.wait(), timeout=30)
+
+
+@pytest.fixture
+async def dispatcher_process(amqp_url: str, postgres_dsn: str,
+                             pool: asyncpg.Pool) -> AsyncIterator[DispatcherProcess]:
+    await migrate_all(pool)
+    process = DispatcherProcess(amqp_url, postgres_dsn)
+    yield process
+    if process.process and process.process.returncode is None:
+        process.process.kill()
+        await process.process.wait()
+
+
+async def test_a_dispatcher_killed_mid_fanout_publishes_every_job_exactly_once(
+    dispatcher_process: DispatcherProcess, amqp: AbstractRobustConnection, pool: asyncpg.Pool,
+) -> None:
+    topology = Topology()  # the process uses the contract's names
+    channel = await open_confirmed_channel(amqp)
+    await topology.declare(channel)
+    account_id = await insert_account(pool)
+    queue = await topology.declare_account_queue(channel, account_id)
+    total = 20_000
+    body = request_body(account_id=account_id, subject="hello", text="hi {{name}}", html=None,
+                        recipients=[{"email": f"r{i}@example.com", "name": f"n{i}"}
+                                    for i in range(total)])
+    await dispatcher_process.start()
+    requests = await channel.get_exchange(topology.requests_exchange)
+    await publish(requests, "delivery.request",
+                  make_message(orjson.dumps(body), message_id=body["delivery_id"]))
+
+    async def some_queued() -> int:
+        return await pool.fetchval(
+            "SELECT count(*) FROM delivery_recipients WHERE delivery_id = $1 "
+            "AND state = 'queued'", body["delivery_id"])
+
+    queued_at_kill = await eventually(some_queued, timeout=60, interval=0.005)
+    assert dispatcher_process.process is not None
+    dispatcher_process.process.kill()
+    await dispatcher_process.process.wait()
+    assert queued_at_kill < total, "the fan-out ended before the kill: nothing was tested"
+
+    await dispatcher_process.start()
+
+    async def accepted() -> bool:
+        return await pool.fetchval(
+            "SELECT accepted_at IS NOT NULL FROM deliveries WHERE delivery_id = $1",
+            body["delivery_id"])
+
+    await eventually(accepted, timeout=60)
+    jobs = await receive(queue, total, timeout=60)
+    job_ids = [message.message_id for message in jobs]
+    assert len(set(job_ids)) == total
+    assert await topology.account_queue_depth(channel, account_id) == 0
+
+    token = issue_token(JWT_SECRET, "tanaka", [])
+    async with httpx.AsyncClient(base_url=f"http://127.0.0.1:{dispatcher_process.port}",
+                                 timeout=5) as client:
+        status = await client.get(f"/v1/deliveries/{body['delivery_id']}",
+                                  headers={"Authorization": f"Bearer {token}"})
+        assert status.status_code == 200
+        assert status.json()["total"] == total
+        assert status.json()["queued"] == total
+        assert status.json()["state"] == "queued"
+        other = issue_token(JWT_SECRET, "someone-else", [])
+        hidden = await client.get(f"/v1/deliveries/{body['delivery_id']}",
+                                  headers={"Authorization": f"Bearer {other}"})
+        assert hidden.status_code == 404
+        listing = await client.get(f"/v1/deliveries/{body['delivery_id']}/recipients",
+                                   params={"state": "queued", "limit": 2},
+                                   headers={"Authorization": f"Bearer {token}"})
+        assert [r["email"] for r in listing.json()["items"]] == ["r0@example.com",
+                                                                 "r1@example.com"]
+        assert (await client.get(f"/v1/deliveries/{body['delivery_id']}")).status_code == 401
+    await dispatcher_process.stop()
+    assert dispatcher_process.process.returncode == 0
+    await channel.close()
