@@ -162,6 +162,9 @@ class MailFailed(DeliveryEvent):
     smtp_message: str
     permanent: bool
     attempts: int
+    # Added to the contract: `unknown` when the server may have accepted the message (the
+    # connection was lost after the data was sent); it is not retried.
+    outcome: Literal["failed", "unknown"] = "failed"
 
 
 class DeliveryCompleted(DeliveryEvent):

@@ -24,6 +24,9 @@ from shared.templating import Template, missing_names, recipient_values
 _ALLOWED_HEADER = re.compile(r"^(X-[A-Za-z0-9-]+|List-Unsubscribe|List-Unsubscribe-Post)$",
                              re.IGNORECASE)
 _ENCODED_WORD = re.compile(r"=\?[^?\s]+\?[bBqQ]\?[^?\s]*\?=")
+# Line breaks and every other control character (TAB aside), as the composer refuses them too:
+# C0, DEL, C1 (NEL among them), and the Unicode line and paragraph separators.
+_CONTROL = re.compile("[\x00-\x08\x0a-\x1f\x7f-\x9f\u2028\u2029]")
 
 
 @dataclass(frozen=True)
@@ -44,9 +47,10 @@ def account_uuid(account_id: str | None) -> str | None:
 
 
 def one_line(value: str) -> bool:
-    """No line break, also none hidden in an RFC 2047 encoded word: Python 3.11's email
-    package before the CVE-2024-6923 fix writes such a word out as a real header line."""
-    if "\r" in value or "\n" in value:
+    """No line break or control character, and no line break hidden in an RFC 2047 encoded
+    word: Python 3.11's email package before the CVE-2024-6923 fix writes such a word out as
+    a real header line."""
+    if _CONTROL.search(value):
         return False
     for word in _ENCODED_WORD.findall(value):
         try:

@@ -11,6 +11,10 @@ from shared.db import create_pool
 from tests.conftest import required_env
 from tests.integration.accounts_fixtures import accounts_api  # noqa: F401 - a fixture
 from tests.integration.dispatcher_fixtures import dispatcher  # noqa: F401 - a fixture
+from tests.integration.sender_fixtures import (  # noqa: F401 - fixtures
+    sender_overrides,
+    start_sender,
+)
 
 
 @pytest.fixture

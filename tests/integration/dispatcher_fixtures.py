@@ -90,7 +90,8 @@ class Dispatcher:
 async def dispatcher(pool: asyncpg.Pool, amqp: AbstractRobustConnection,
                      unique: str) -> AsyncIterator[Dispatcher]:
     await migrate_all(pool)
-    topology = Topology(prefix=unique)
+    # Short retry delays, so that the sender's tests see retries come back.
+    topology = Topology(prefix=unique, retry_delays_s=(1, 2))
     channel = await open_confirmed_channel(amqp)
     await topology.declare(channel)
     account_id = await insert_account(pool)

@@ -14,6 +14,7 @@ listens on.
 
 import asyncio
 import socket
+import time
 from collections.abc import AsyncIterator, Callable, Iterator
 from contextlib import AbstractAsyncContextManager, asynccontextmanager, contextmanager
 from dataclasses import dataclass, field
@@ -65,6 +66,8 @@ class Received:
     data: bytes
     mail_options: list[str]
     connection: int  # which connection (1, 2, ...) carried it
+    started_at: float = 0.0  # time.monotonic() at MAIL FROM
+    ended_at: float = 0.0  # time.monotonic() when the DATA reply was given
 
 
 @dataclass
@@ -79,6 +82,11 @@ class SmtpTestServer(Observable):
     drop_after_data: bool = False
     smtputf8: bool = False
     idle_timeout_s: float = 300.0
+    # A provider's cap: at most `rate_limit[0]` transactions per `rate_limit[1]` seconds;
+    # beyond it MAIL FROM is answered 421, like the seed's "every mail after the first few".
+    rate_limit: tuple[int, float] | None = None
+    refused_by_rate: int = 0
+    _mail_times: list[float] = field(default_factory=list, init=False, repr=False)
     host: str = HOST
     port: int = 0
     connections: int = 0
@@ -101,7 +109,8 @@ class SmtpTestServer(Observable):
     async def start(self) -> None:
         loop = asyncio.get_running_loop()
         implicit = self.certs.server_context() if self.tls == "ssl" and self.certs else None
-        self._server = await loop.create_server(self._new_connection, self.host, 0, ssl=implicit)
+        self._server = await loop.create_server(self._new_connection, self.host, self.port,
+                                                ssl=implicit)
         self.port = self._server.sockets[0].getsockname()[1]
 
     async def stop(self) -> None:
@@ -203,6 +212,23 @@ class _Handler:
             hidden.add("AUTH")
         return [r for r in responses if r[4:].split(" ")[0].upper() not in hidden]
 
+    async def handle_MAIL(self, _smtp: SMTP, _session: Session, envelope: Envelope,
+                          address: str, mail_options: list[str]) -> str:
+        server = self.test_server
+        now = time.monotonic()
+        if server.rate_limit is not None:
+            limit, window = server.rate_limit
+            recent = [t for t in server._mail_times if now - t < window]
+            if len(recent) >= limit:
+                server.refused_by_rate += 1
+                server.changed()
+                return "421 4.7.0 Too many messages, slow down"
+        server._mail_times.append(now)
+        envelope.mail_from = address
+        envelope.mail_options.extend(mail_options)
+        envelope.started_at = now  # type: ignore[attr-defined]
+        return "250 OK"
+
     async def handle_RCPT(self, _smtp: SMTP, _session: Session, envelope: Envelope,
                           address: str, rcpt_options: list[str]) -> str:
         if address in self.test_server.refuse_recipients:
@@ -217,7 +243,8 @@ class _Handler:
         self.test_server.messages.append(Received(
             mail_from=envelope.mail_from or "", rcpt_tos=list(envelope.rcpt_tos),
             data=envelope.original_content or b"", mail_options=list(envelope.mail_options),
-            connection=smtp.number,
+            connection=smtp.number, started_at=getattr(envelope, "started_at", 0.0),
+            ended_at=time.monotonic(),
         ))
         self.test_server.changed()
         if self.test_server.drop_after_data:

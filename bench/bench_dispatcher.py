@@ -1,0 +1,544 @@
+"""The dispatcher on one 100,000-recipient delivery request, against plain aio-pika publishing.
+
+Needs a running stack: `make bench` starts one, or, by hand from the repo root,
+`set -a; . .run/stack/env; set +a; .venv/bin/python bench/bench_dispatcher.py [--repeat N]`.
+
+- dispatcher: the real process (`python -m services.dispatcher`), one request of 100,000
+  recipients (distinct addresses, a name and one var each, placeholders in subject, text and
+  ~2 KB of html), timed from the request's publisher confirm to the `delivery.accepted` event;
+  its peak RSS for that request is VmHWM of /proc/<pid>/status, reset before the request.
+- raw: 100,000 messages of the size of one of the dispatcher's jobs, persistent, through the
+  same exchange to a quorum queue with the account queues' arguments, with publisher confirms
+  gathered 1,000 at a time (`publish_many`): what the broker takes from one Python client.
+
+Both run in the same process run on the same broker, each into an empty queue, after a small
+warm-up; with `--repeat N` they alternate and the medians are printed. Prints figures only;
+exits non-zero only on errors. The queues, the account and the deliveries it creates are
+removed at the end.
+"""
+
+import argparse
+import asyncio
+import os
+import signal
+import socket
+import statistics
+import subprocess
+import sys
+import tempfile
+import time
+import uuid
+from collections.abc import Callable, Iterator
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+sys.path.insert(0, str(Path(__file__).resolve().parents[1]))  # run as a script from anywhere
+
+import aio_pika
+import asyncpg
+import httpx
+import orjson
+from aio_pika.abc import AbstractChannel, AbstractConnection, AbstractIncomingMessage
+
+from services.dispatcher.decode import decode_request
+from services.dispatcher.settings import DispatcherSettings
+from services.dispatcher.validate import prepare
+from shared.db import create_pool
+from shared.messages import SendJob
+from shared.topology import (
+    Topology,
+    make_message,
+    open_confirmed_channel,
+    publish,
+    publish_many,
+)
+from tests.integration.dispatcher_fixtures import insert_account, migrate_all, request_body
+
+ROOT = Path(__file__).resolve().parents[1]
+RECIPIENTS = 100_000
+WARM_UP = 1_000
+CONFIRM_WINDOW = 1_000
+JWT_SECRET = "bench-dispatcher-secret-of-32-bytes!"
+REQUIRED_ENV = ("MAIL_AMQP_URL", "MAIL_POSTGRES_DSN")
+
+SUBJECT = "{{name}} 様 11月のお知らせ【{{plan}}プラン】"
+TEXT = (
+    "{{name}} 様\n\nいつもご利用いただきありがとうございます。\n"
+    "ご契約中のプラン: {{plan}}\nお届け先: {{email}}\n\n"
+    + "11月のキャンペーンのお知らせです。詳しくはウェブサイトをご覧ください。\n" * 3
+    + "\n-- \nExample Shop https://shop.example.com/\n"
+)
+HTML = (
+    "<html><body><p>{{name}} 様</p><p>いつもご利用いただきありがとうございます。</p>\n"
+    "<p>ご契約中のプラン: <b>{{plan}}</b><br>お届け先: {{email}}</p>\n"
+    + "<p>11月のキャンペーンのお知らせです。<a href=\"https://shop.example.com/\">"
+    "詳しくはこちら</a></p>\n" * 12
+    + "</body></html>\n"
+)
+PLANS = ("gold", "silver", "bronze", "platinum")
+
+
+class BenchError(Exception):
+    """The benchmark could not run (not a slow result: figures are never judged here)."""
+
+
+def recipient(i: int) -> dict[str, Any]:
+    return {"email": f"user{i:06d}@example.com", "name": f"山田 太郎 {i}",
+            "vars": {"plan": PLANS[i % len(PLANS)]}}
+
+
+def delivery_body(account_id: str, count: int) -> dict[str, Any]:
+    return request_body(delivery_id=f"bench-{uuid.uuid4().hex[:12]}", account_id=account_id,
+                        subject=SUBJECT, text=TEXT, html=HTML,
+                        recipients=[recipient(i) for i in range(count)])
+
+
+def job_message(delivery_id: str, account_id: str, index: int, recipient: dict[str, Any],
+                job_id: str | None = None) -> aio_pika.Message:
+    """A job exactly as services/dispatcher/fanout.py builds it."""
+    job = SendJob(job_id=job_id or f"{delivery_id}:{index}", delivery_id=delivery_id,
+                  account_id=account_id, index=index, email=recipient["email"],
+                  name=recipient["name"], vars=recipient["vars"])
+    return make_message(job, message_id=job.job_id, type_="mail.send",
+                        headers={"delivery_id": delivery_id, "account_id": account_id})
+
+
+# -- the dispatcher process -----------------------------------------------------------------
+
+
+def free_port() -> int:
+    with socket.socket() as sock:
+        sock.bind(("127.0.0.1", 0))
+        return sock.getsockname()[1]
+
+
+def proc_status(pid: int) -> dict[str, int]:
+    """VmRSS, VmHWM, ... of /proc/<pid>/status, in kB."""
+    values = {}
+    for line in Path(f"/proc/{pid}/status").read_text().splitlines():
+        key, _, rest = line.partition(":")
+        if rest.strip().endswith(" kB"):
+            values[key] = int(rest.split()[0])
+    return values
+
+
+def cpu_seconds(pid: int) -> float:
+    """User plus system CPU time of a process, from /proc/<pid>/stat."""
+    fields = Path(f"/proc/{pid}/stat").read_text().rpartition(")")[2].split()
+    return (int(fields[11]) + int(fields[12])) / os.sysconf("SC_CLK_TCK")
+
+
+class DispatcherProcess:
+    def __init__(self, fanout_window: int | None) -> None:
+        self.port = free_port()
+        self.env = {**os.environ, "MAIL_JWT_SECRET": JWT_SECRET, "MAIL_HTTP_HOST": "127.0.0.1",
+                    "MAIL_HTTP_PORT": str(self.port), "MAIL_LOG_LEVEL": "info",
+                    "MAIL_LOG_FORMAT": "json"}
+        if fanout_window is not None:
+            self.env["MAIL_FANOUT_WINDOW"] = str(fanout_window)
+        self.fanout_window = int(self.env.get("MAIL_FANOUT_WINDOW") or
+                                 DispatcherSettings.model_fields["fanout_window"].default)
+        self.log = tempfile.NamedTemporaryFile(  # noqa: SIM115 - closed in stop()
+            prefix="bench-dispatcher-", suffix=".log")
+        self.process: asyncio.subprocess.Process | None = None
+
+    @property
+    def pid(self) -> int:
+        assert self.process is not None
+        return self.process.pid
+
+    def log_tail(self, lines: int = 30) -> str:
+        text = Path(self.log.name).read_text(errors="replace").splitlines()
+        return "\n".join(text[-lines:])
+
+    def check_alive(self) -> None:
+        if self.process is None or self.process.returncode is not None:
+            code = None if self.process is None else self.process.returncode
+            raise BenchError(f"the dispatcher exited (code {code}); its log ends with:\n"
+                             + self.log_tail())
+
+    async def start(self, timeout: float = 60) -> None:
+        self.process = await asyncio.create_subprocess_exec(
+            sys.executable, "-m", "services.dispatcher", cwd=ROOT, env=self.env,
+            stdout=self.log, stderr=subprocess.STDOUT)
+        deadline = time.monotonic() + timeout
+        async with httpx.AsyncClient(timeout=1) as client:
+            while True:
+                self.check_alive()
+                try:
+                    answer = await client.get(f"http://127.0.0.1:{self.port}/readyz")
+                    if answer.status_code == 200:
+                        return
+                except httpx.TransportError:
+                    pass
+                if time.monotonic() > deadline:
+                    raise BenchError(f"the dispatcher was not ready within {timeout:.0f} s; "
+                                     "its log ends with:\n" + self.log_tail())
+                await asyncio.sleep(0.1)
+
+    def reset_peak_rss(self) -> bool:
+        """Resets VmHWM to the current RSS (Linux: 5 > /proc/<pid>/clear_refs)."""
+        try:
+            Path(f"/proc/{self.pid}/clear_refs").write_text("5")
+        except OSError:
+            return False
+        return True
+
+    async def stop(self) -> None:
+        if self.process is not None and self.process.returncode is None:
+            self.process.send_signal(signal.SIGTERM)
+            try:
+                await asyncio.wait_for(self.process.wait(), 60)
+            except TimeoutError:
+                print("the dispatcher did not stop within 60 s of SIGTERM: killed",
+                      file=sys.stderr)
+                self.process.kill()
+                await self.process.wait()
+        self.log.close()
+
+
+# -- events ---------------------------------------------------------------------------------
+
+
+@dataclass
+class Arrival:
+    perf: float
+    wall: float
+    event: dict[str, Any]
+
+
+class EventWatch:
+    """A private queue on `mail.events` for `delivery.accepted` and `delivery.rejected`."""
+
+    def __init__(self) -> None:
+        self._waiting: dict[str, asyncio.Future[Arrival]] = {}
+
+    async def start(self, channel: AbstractChannel, topology: Topology) -> None:
+        queue = await channel.declare_queue(exclusive=True, auto_delete=True)
+        for key in ("delivery.accepted", "delivery.rejected"):
+            await queue.bind(topology.events_exchange, routing_key=key)
+        await queue.consume(self._on_message, no_ack=True)
+
+    def expect(self, delivery_id: str) -> asyncio.Future[Arrival]:
+        future = asyncio.get_running_loop().create_future()
+        self._waiting[delivery_id] = future
+        return future
+
+    async def _on_message(self, message: AbstractIncomingMessage) -> None:
+        arrival = Arrival(time.perf_counter(), time.time(), orjson.loads(message.body))
+        future = self._waiting.pop(arrival.event.get("delivery_id", ""), None)
+        if future is not None and not future.done():
+            future.set_result(arrival)
+
+
+# -- one measurement of each kind -----------------------------------------------------------
+
+
+@dataclass
+class RawRun:
+    count: int
+    seconds: float
+    client_cpu_s: float
+
+    @property
+    def rate(self) -> float:
+        return self.count / self.seconds
+
+
+@dataclass
+class DispatcherRun:
+    count: int
+    publish_s: float  # the request's publish until its confirm
+    seconds: float  # the confirm until delivery.accepted arrived
+    intake_s: float  # until the deliveries row: broker delivery, decode, validate
+    store_s: float  # until the first window: COPY, commit, read back the rows
+    fanout_s: float  # until the event: publish the jobs, mark them queued, the event
+    cpu_s: float  # the dispatcher's CPU time over the whole request
+    idle_rss_mb: float
+    peak_rss_mb: float
+
+    @property
+    def rate(self) -> float:
+        return self.count / self.seconds
+
+
+class Bench:
+    def __init__(self, connection: AbstractConnection, channel: AbstractChannel,
+                 pool: asyncpg.Pool, dispatcher: DispatcherProcess, timeout: float) -> None:
+        self.connection = connection
+        self.channel = channel
+        self.pool = pool
+        self.dispatcher = dispatcher
+        self.timeout = timeout
+        self.topology = Topology()  # the process uses the contract's names
+        self.events = EventWatch()
+        self.account_id = ""
+        self.raw_key = f"bench-raw-{uuid.uuid4().hex[:8]}"
+        self.delivery_ids: list[str] = []
+        self.queues: list[str] = []
+
+    async def set_up(self) -> None:
+        await migrate_all(self.pool)
+        await self.topology.declare(self.channel)
+        await self.events.start(self.channel, self.topology)
+        self.account_id = await insert_account(self.pool)
+        await self.topology.declare_account_queue(self.channel, self.account_id)
+        self.queues.append(self.topology.account_queue(self.account_id))
+        raw = await self.channel.declare_queue(
+            self.raw_key, durable=True, arguments=self.topology.account_queue_arguments())
+        await raw.bind(self.topology.send_exchange, routing_key=self.raw_key)
+        self.queues.append(self.raw_key)
+
+    async def depth(self, name: str) -> int:
+        underlay = await self.channel.get_underlay_channel()
+        answer = await underlay.queue_declare(name, durable=True,
+                                              arguments=self.topology.account_queue_arguments())
+        return answer.message_count or 0
+
+    async def purge(self, name: str) -> None:
+        underlay = await self.channel.get_underlay_channel()
+        await underlay.queue_purge(name)
+
+    def raw_job(self) -> tuple[aio_pika.Message, int]:
+        """One job as the dispatcher would build it for the request's last recipient."""
+        index = RECIPIENTS - 1
+        message = job_message(f"bench-{uuid.uuid4().hex[:12]}", self.account_id, index,
+                              recipient(index))
+        return message, len(message.body)
+
+    async def raw(self, count: int) -> RawRun:
+        """`count` jobs' worth of bytes, plain aio-pika, confirms 1,000 at a time."""
+        template, _size = self.raw_job()
+        body, headers = template.body, dict(template.headers)
+        exchange = await self.channel.get_exchange(self.topology.send_exchange, ensure=False)
+
+        def messages() -> Iterator[tuple[str, aio_pika.Message]]:
+            for i in range(count):
+                yield self.raw_key, make_message(body, message_id=f"raw-{i}", headers=headers,
+                                                 type_="mail.send")
+
+        cpu, started = time.process_time(), time.perf_counter()
+        confirmed = await publish_many(exchange, messages(), window=CONFIRM_WINDOW)
+        elapsed, cpu = time.perf_counter() - started, time.process_time() - cpu
+        if confirmed != count:
+            raise BenchError(f"raw: {confirmed} of {count} messages confirmed")
+        await self.expect_depth(self.raw_key, count)
+        await self.purge(self.raw_key)
+        return RawRun(count, elapsed, cpu)
+
+    async def expect_depth(self, queue: str, count: int) -> None:
+        for _ in range(20):
+            if (found := await self.depth(queue)) == count:
+                return
+            await asyncio.sleep(0.25)
+        raise BenchError(f"{queue} holds {found} messages, not {count}")
+
+    async def dispatch(self, count: int) -> DispatcherRun:
+        """One request of `count` recipients, from its confirm to delivery.accepted."""
+        body = delivery_body(self.account_id, count)
+        delivery_id = body["delivery_id"]
+        data = orjson.dumps(body)
+        requests = await self.channel.get_exchange(self.topology.requests_exchange,
+                                                   ensure=False)
+        arrived = self.events.expect(delivery_id)
+        self.delivery_ids.append(delivery_id)
+        pid = self.dispatcher.pid
+        self.dispatcher.check_alive()
+        self.dispatcher.reset_peak_rss()
+        idle_rss = proc_status(pid)["VmRSS"]
+        cpu = cpu_seconds(pid)
+
+        started = time.perf_counter()
+        await publish(requests, "delivery.request", make_message(data, message_id=delivery_id))
+        confirmed_perf, confirmed_wall = time.perf_counter(), time.time()
+        arrival = await self.wait(arrived)
+        seconds = arrival.perf - confirmed_perf
+        cpu = cpu_seconds(pid) - cpu
+        peak_rss = proc_status(pid)["VmHWM"]
+
+        if arrival.event.get("type") != "delivery.accepted":
+            raise BenchError(f"the request was rejected: {arrival.event.get('reason')}: "
+                             f"{arrival.event.get('detail')}")
+        if arrival.event.get("recipients") != count:
+            raise BenchError(f"accepted with {arrival.event.get('recipients')} recipients, "
+                             f"not {count}")
+        row = await self.pool.fetchrow(
+            "SELECT extract(epoch FROM d.created_at)::float8 AS created, "
+            "extract(epoch FROM min(r.queued_at))::float8 AS first_queued, "
+            "count(*) FILTER (WHERE r.state = 'queued') AS queued "
+            "FROM deliveries d JOIN delivery_recipients r USING (delivery_id) "
+            "WHERE d.delivery_id = $1 GROUP BY d.delivery_id", delivery_id)
+        if row is None or row["queued"] != count:
+            raise BenchError(f"{0 if row is None else row['queued']} recipient rows queued, "
+                             f"not {count}")
+        await self.expect_depth(self.topology.account_queue(self.account_id), count)
+        await self.purge(self.topology.account_queue(self.account_id))
+        await self.pool.execute("DELETE FROM deliveries WHERE delivery_id = $1", delivery_id)
+        return DispatcherRun(
+            count=count, publish_s=confirmed_perf - started, seconds=seconds,
+            intake_s=row["created"] - confirmed_wall,
+            store_s=row["first_queued"] - row["created"],
+            fanout_s=arrival.wall - row["first_queued"],
+            cpu_s=cpu, idle_rss_mb=idle_rss / 1024, peak_rss_mb=peak_rss / 1024,
+        )
+
+    async def wait(self, arrived: asyncio.Future[Arrival]) -> Arrival:
+        deadline = time.monotonic() + self.timeout
+        while True:
+            try:
+                return await asyncio.wait_for(asyncio.shield(arrived), 1.0)
+            except TimeoutError:
+                self.dispatcher.check_alive()
+                if time.monotonic() > deadline:
+                    raise BenchError(f"no delivery event within {self.timeout:.0f} s; the "
+                                     "dispatcher's log ends with:\n"
+                                     + self.dispatcher.log_tail()) from None
+
+    async def clean_up(self) -> None:
+        for name in self.queues:
+            await self.channel.queue_delete(name)
+        if self.delivery_ids:
+            await self.pool.execute("DELETE FROM deliveries WHERE delivery_id = ANY($1)",
+                                    self.delivery_ids)
+        if self.account_id:
+            await self.pool.execute("DELETE FROM accounts WHERE id = $1::uuid", self.account_id)
+
+
+# -- the same code in this process ----------------------------------------------------------
+
+
+def local_costs(account_id: str) -> list[tuple[str, float]]:
+    """The CPU work of the dispatcher's own functions, timed here, one request's worth."""
+    body = delivery_body(account_id, RECIPIENTS)
+    data = orjson.dumps(body)
+
+    def timed(work: Callable[[], Any]) -> tuple[float, Any]:
+        started = time.perf_counter()
+        result = work()
+        return time.perf_counter() - started, result
+
+    decode_s, request = timed(lambda: decode_request(data, None, 32 * 1024 * 1024))
+    account = {"id": account_id, "personal": False, "owner": None}
+    validate_s, prepared = timed(lambda: prepare(request, account))
+    jobs_s, _ = timed(lambda: [
+        job_message(request.delivery_id, account_id, i, r.model_dump())
+        for i, r in enumerate(prepared.recipients)])
+    return [("decode (json + pydantic)", decode_s), ("validate (addresses, placeholders)",
+                                                     validate_s),
+            ("build 100,000 job messages", jobs_s)]
+
+
+# -- the run --------------------------------------------------------------------------------
+
+
+def median(values: list[float]) -> float:
+    return statistics.median(values)
+
+
+def report(raws: list[RawRun], runs: list[DispatcherRun], job_size: int, request_mb: float,
+           window: int, broker: str, local: list[tuple[str, float]]) -> None:
+    print(f"{RECIPIENTS:,} recipients, {len(runs)} run(s), RabbitMQ {broker}, fan-out window "
+          f"{window:,}, raw confirms {CONFIRM_WINDOW:,} in flight")
+    print(f"request {request_mb:.1f} MB, one job {job_size:,} bytes\n")
+    header = (f"{'run':<7}{'raw jobs/s':>11}{'dispatcher rcpt/s':>19}{'ratio':>8}"
+              f"{'peak RSS MB':>13}  | {'publish':>8}{'intake':>8}{'store':>8}{'fan-out':>9}"
+              f"{'total':>8}{'disp CPU':>10}")
+    print(header)
+    print("-" * len(header))
+
+    def line(label: str, raw_rate: float, run: dict[str, float]) -> None:
+        print(f"{label:<7}{raw_rate:>11,.0f}{run['rate']:>19,.0f}"
+              f"{run['rate'] / raw_rate:>8.1%}{run['peak_rss_mb']:>13,.1f}  | "
+              f"{run['publish_s']:>7.2f}s{run['intake_s']:>7.2f}s{run['store_s']:>7.2f}s"
+              f"{run['fanout_s']:>8.2f}s{run['seconds']:>7.2f}s{run['cpu_s']:>9.2f}s")
+
+    def fields(run: DispatcherRun) -> dict[str, float]:
+        return {**vars(run), "rate": run.rate}
+
+    for number, (raw, run) in enumerate(zip(raws, runs, strict=True), 1):
+        line(str(number), raw.rate, fields(run))
+    if len(runs) > 1:
+        medians = {key: median([fields(run)[key] for run in runs]) for key in fields(runs[0])}
+        line("median", median([raw.rate for raw in raws]), medians)
+    print()
+    print(f"ratio: dispatcher recipients/s over raw jobs/s (goal: >= 70%); dispatcher idle RSS "
+          f"before the request {median([r.idle_rss_mb for r in runs]):,.1f} MB; raw client CPU "
+          f"{median([r.client_cpu_s for r in raws]):.2f} s of "
+          f"{median([r.seconds for r in raws]):.2f} s")
+    print("publish: the 100,000-recipient request until its confirm (not in the rate); "
+          "intake: confirm -> deliveries row\n(receive, decode, validate); store: -> first "
+          "window (COPY, commit, read back); fan-out: -> delivery.accepted here")
+    print("\nthe dispatcher's own code in this process, one request's worth:")
+    for label, seconds in local:
+        print(f"  {label:<36}{seconds:>6.2f} s")
+
+
+async def run(args: argparse.Namespace) -> None:
+    amqp_url, dsn = (os.environ[name] for name in REQUIRED_ENV)
+    connection = await aio_pika.connect(amqp_url, timeout=10,
+                                        client_properties={"connection_name": "bench"})
+    pool = await create_pool(dsn, max_size=2)
+    dispatcher = DispatcherProcess(args.fanout_window)
+    bench: Bench | None = None
+    try:
+        channel = await open_confirmed_channel(connection)
+        bench = Bench(connection, channel, pool, dispatcher, args.timeout)
+        await bench.set_up()
+        await dispatcher.start()
+        server = getattr(connection.transport.connection, "server_properties", None) or {}
+        broker = str(server.get("version", "?"))
+        _, job_size = bench.raw_job()
+        request_mb = len(orjson.dumps(delivery_body(bench.account_id, RECIPIENTS))) / 1e6
+
+        print(f"warming up ({WARM_UP:,} of each) ...", file=sys.stderr)
+        await bench.raw(WARM_UP)
+        await bench.dispatch(WARM_UP)
+        if not dispatcher.reset_peak_rss():
+            print("cannot reset VmHWM: the peak RSS is since the process started",
+                  file=sys.stderr)
+
+        raws: list[RawRun] = []
+        runs: list[DispatcherRun] = []
+        for number in range(1, args.repeat + 1):
+            print(f"run {number} of {args.repeat}: raw ...", file=sys.stderr)
+            raws.append(await bench.raw(RECIPIENTS))
+            print(f"run {number} of {args.repeat}: dispatcher ...", file=sys.stderr)
+            runs.append(await bench.dispatch(RECIPIENTS))
+        local = local_costs(bench.account_id)
+        report(raws, runs, job_size, request_mb, dispatcher.fanout_window, broker, local)
+    finally:
+        await dispatcher.stop()
+        try:
+            if bench is not None:
+                await bench.clean_up()
+        finally:
+            await pool.close()
+            await connection.close()
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("--repeat", type=int, default=1, help="runs of each (medians printed)")
+    parser.add_argument("--fanout-window", type=int, default=None,
+                        help="MAIL_FANOUT_WINDOW for the dispatcher (default: its own)")
+    parser.add_argument("--timeout", type=float, default=600,
+                        help="seconds to wait for one request's event")
+    args = parser.parse_args()
+    if args.repeat < 1:
+        parser.error("--repeat must be at least 1")
+    missing = [name for name in REQUIRED_ENV if not os.environ.get(name)]
+    if missing:
+        print(f"bench_dispatcher: {', '.join(missing)} not set: run `make bench`, or load a "
+              "running stack's settings first (set -a; . .run/stack/env; set +a)",
+              file=sys.stderr)
+        sys.exit(2)
+    try:
+        asyncio.run(run(args))
+    except BenchError as error:
+        print(f"bench_dispatcher: {error}", file=sys.stderr)
+        sys.exit(1)
+
+
+if __name__ == "__main__":
+    main()

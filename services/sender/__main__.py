@@ -1,0 +1,3 @@
+from services.sender.cli import main
+
+main()

@@ -1,0 +1,218 @@
+"""What a failed SMTP step means for the recipient and for the account: pure decisions, no I/O.
+
+The sender turns every `SmtpStageError` into a `Verdict` and acts on its `kind`:
+
+- PERMANENT: this recipient (or this message) can never go: `mail.failed` permanent=true;
+- TRANSIENT: try this recipient again later (`mail.deferred`, delayed retry); when
+  `pause_reason` is set ("connect") the failure is the server's, not the recipient's, and the
+  caller pauses the account after several in a row;
+- THROTTLED: the provider asks us to slow down: defer without failing and slow the account
+  (`next_interval_ms`), by `retry_after_s` when the server named a wait;
+- ACCOUNT_FAULT: the account is broken (login, TLS, sender refused, no SMTP service): pause
+  it and leave the recipient queued; failing it would fail the whole queue behind it;
+- UNKNOWN: the payload was written and no reply came: the server may have accepted the mail,
+  so a blind retry could send it twice.
+
+The pacing helpers at the end compute the account's effective interval while throttled and
+its way back to the configured one.
+"""
+
+import math
+import re
+from collections.abc import Sequence
+from dataclasses import dataclass
+from enum import StrEnum
+
+from shared.smtp import SmtpStageError
+
+__all__ = [
+    "Kind",
+    "Verdict",
+    "classify",
+    "contract_stage",
+    "decayed_interval_ms",
+    "next_interval_ms",
+    "retry_delay",
+]
+
+
+class Kind(StrEnum):
+    SENT = "sent"  # not produced by classify(); for completeness
+    PERMANENT = "permanent"
+    TRANSIENT = "transient"
+    THROTTLED = "throttled"
+    ACCOUNT_FAULT = "account_fault"
+    UNKNOWN = "unknown"
+
+
+@dataclass(frozen=True)
+class Verdict:
+    kind: Kind
+    event_stage: str  # the `stage` of mail.failed (contract §2)
+    pause_reason: str | None = None  # "auth", "tls", "sender_refused", "connect", "pop"
+    retry_after_s: float | None = None  # THROTTLED: the wait the server asked for, if any
+
+
+# SmtpSession's stages -> the contract's: the sender's stage is MAIL FROM, the recipient's RCPT.
+_CONTRACT_STAGES = {
+    "resolve": "connect", "connect": "connect", "ehlo": "connect", "tls": "tls", "pop": "pop",
+    "auth": "auth", "mail": "sender", "rcpt": "recipient", "data": "data",
+}
+
+# 421 service closing / too many connections, 450 mailbox busy, 451 local error, 452
+# insufficient storage / too many recipients, 454 temporary failure: all "later, slower".
+_THROTTLE_CODES = frozenset({421, 450, 451, 452, 454})
+
+_WAIT_UNITS = {"s": 1, "sec": 1, "secs": 1, "second": 1, "seconds": 1,
+               "m": 60, "min": 60, "mins": 60, "minute": 60, "minutes": 60,
+               "h": 3600, "hr": 3600, "hrs": 3600, "hour": 3600, "hours": 3600}
+# "try again in 30 seconds", "retry after 5 min", "wait 2 minutes": only after a retry word,
+# so that "500 messages in 1 hour" and our own "timed out after 10 s" name no wait.
+_RETRY_AFTER = re.compile(
+    r"\b(?:(?:again|retry|try)\s+(?:in|after)|wait(?:\s+for)?)\s+"
+    r"(\d+(?:\.\d+)?)\s*(" + "|".join(sorted(_WAIT_UNITS, key=len, reverse=True)) + r")\b",
+    re.IGNORECASE)
+# "rate" only as a word ("rate limit", "rate-limited", "sending rate", "ratelimit"), never
+# inside "generated", "separate" or "accurate". "Too many hops" is a mail loop, not a limit.
+_THROTTLE_TEXT = re.compile(
+    r"too\s+many(?!\s+hops)|\brate(?:s|limit\w*)?\b|slow(?:ing)?\s+down", re.IGNORECASE)
+
+# A session that lacks AUTH or TLS is told so at MAIL (sometimes at RCPT): the account's fault.
+_NEEDS_TLS = re.compile(r"starttls|\btls\b|encrypt", re.IGNORECASE)
+_NEEDS_AUTH = re.compile(r"auth\w*\s+required|must\s+(?:first\s+)?auth|not\s+authenticated",
+                         re.IGNORECASE)
+# With the SIZE extension a server refuses a too big message at MAIL FROM: the message's fault.
+_TOO_BIG = re.compile(r"\b5\.3\.4\b|size\s+exceed|too\s+(?:big|large)", re.IGNORECASE)
+
+# Exceptions (by name, as SmtpStageError keeps them) of a lost or unreachable connection.
+_CONNECTION_LOST = frozenset({
+    "TimeoutError", "SMTPServerDisconnected", "SMTPTimeoutError", "SMTPReadTimeoutError",
+    "SMTPConnectTimeoutError", "SMTPConnectError", "OSError", "ConnectionError",
+    "ConnectionResetError", "ConnectionAbortedError", "ConnectionRefusedError",
+    "BrokenPipeError", "IncompleteReadError", "gaierror",
+})
+
+
+def contract_stage(stage: str) -> str:
+    """The contract's name (mail.failed `stage`) of an SmtpSession stage."""
+    try:
+        return _CONTRACT_STAGES[stage]
+    except KeyError:
+        raise ValueError(f"unknown SMTP stage {stage!r}") from None
+
+
+def classify(error: SmtpStageError) -> Verdict:
+    """What `error` means: see the module's docstring. The order of the checks matters."""
+    stage, code = error.stage, error.code
+    event_stage = contract_stage(stage)
+    is_5xx = code is not None and 500 <= code <= 599
+
+    # First: after the payload without an answer, nothing else about the error is known.
+    if error.ambiguous:
+        return Verdict(Kind.UNKNOWN, "data")
+
+    # POP before SMTP has no reply codes: PopError is permanent only for a refused login;
+    # anything else is an unreachable server, counted like a failed connect.
+    if stage == "pop":
+        if error.permanent:
+            return Verdict(Kind.ACCOUNT_FAULT, "pop", pause_reason="pop")
+        return Verdict(Kind.TRANSIENT, "pop", pause_reason="connect")
+
+    # A throttling reply at any stage (421 in the greeting included: "too many connections")
+    # defers and slows the account; failing the recipient would fail the rest of the queue.
+    if (code in _THROTTLE_CODES or _THROTTLE_TEXT.search(error.text)
+            or _RETRY_AFTER.search(error.text)):
+        return Verdict(Kind.THROTTLED, event_stage, retry_after_s=_retry_after_s(error.text))
+
+    if stage in ("resolve", "connect", "ehlo"):
+        # "554 no SMTP service here" or an unusable host: asking again will not help.
+        if is_5xx or error.permanent:
+            return Verdict(Kind.ACCOUNT_FAULT, event_stage, pause_reason="connect")
+        # Refused, timed out, unreachable, reset: maybe a blip; the caller pauses after a few.
+        return Verdict(Kind.TRANSIENT, event_stage, pause_reason="connect")
+
+    if stage in ("tls", "auth"):
+        if code is None and error.exception in _CONNECTION_LOST:
+            # Dropped or timed out mid-handshake: the network's fault more likely than the
+            # account's; counted like a failed connect.
+            return Verdict(Kind.TRANSIENT, event_stage, pause_reason="connect")
+        # TLS: certificate invalid, STARTTLS not offered, handshake refused. AUTH: login
+        # refused (530/534/535/538, any 5xx) or no usable mechanism offered (no code).
+        if stage == "tls" or code is None or is_5xx:
+            return Verdict(Kind.ACCOUNT_FAULT, event_stage, pause_reason=stage)
+        return Verdict(Kind.TRANSIENT, event_stage)  # some other 4xx at AUTH
+
+    # Only MAIL, RCPT and DATA are left. "530 Must issue a STARTTLS command first", "530
+    # Authentication required": the session, not the address, is wrong; every recipient would
+    # get the same answer.
+    if is_5xx and (code == 530 or _NEEDS_AUTH.search(error.text)):
+        reason = "tls" if _NEEDS_TLS.search(error.text) else "auth"
+        return Verdict(Kind.ACCOUNT_FAULT, event_stage, pause_reason=reason)
+
+    if stage == "mail":
+        if code is None and error.permanent:
+            # SMTPUTF8 needed but not offered: this recipient's address can never go here.
+            return Verdict(Kind.PERMANENT, "recipient")
+        if is_5xx and (code == 552 or _TOO_BIG.search(error.text)):
+            return Verdict(Kind.PERMANENT, event_stage)  # this message is too big
+        if is_5xx:
+            # The account's From address is refused: the same for every recipient.
+            return Verdict(Kind.ACCOUNT_FAULT, event_stage, pause_reason="sender_refused")
+
+    # RCPT 5xx (user unknown), DATA 5xx (too big, content rejected), a permanent local
+    # refusal; everything else (other 4xx, connection lost before the payload) is transient.
+    if error.permanent or is_5xx:
+        return Verdict(Kind.PERMANENT, event_stage)
+    return Verdict(Kind.TRANSIENT, event_stage)
+
+
+def _retry_after_s(text: str) -> float | None:
+    """The wait a server names ("try again in 30 seconds"), in seconds; None when it names
+    none."""
+    match = _RETRY_AFTER.search(text)
+    if match is None:
+        return None
+    seconds = float(match.group(1)) * _WAIT_UNITS[match.group(2).lower()]
+    return seconds if seconds > 0 else None
+
+
+def retry_delay(attempts: int, tiers: Sequence[int]) -> int:
+    """Seconds before the next try after `attempts` tries: tier attempts-1, the last tier for
+    every try beyond."""
+    if not tiers:
+        raise ValueError("no retry tiers")
+    index = min(max(attempts, 1), len(tiers)) - 1
+    return tiers[index]
+
+
+def next_interval_ms(current_ms: int, configured_ms: int, retry_after_s: float | None,
+                     max_ms: int) -> int:
+    """The account's interval after a throttling reply.
+
+    At least double the interval in force and at least one second (doubling a few ms would
+    take many more throttled mails to matter), at least the wait the server named, at most
+    `max_ms`; never below the configured interval, which is the operator's floor even when
+    `max_ms` is lower.
+    """
+    interval = max(2 * max(current_ms, configured_ms), 1000)
+    if retry_after_s is not None and retry_after_s > 0:
+        interval = max(interval, math.ceil(retry_after_s * 1000))
+    return max(min(interval, max_ms), configured_ms)
+
+
+def decayed_interval_ms(current_ms: int, configured_ms: int, successes_in_a_row: int,
+                        every: int = 10) -> int:
+    """The account's interval after `successes_in_a_row` sends in a row without throttling.
+
+    Every `every` successes, halve the excess over the configured interval: quick enough to
+    recover, slow enough not to run straight back into the provider's limit. Within 50 ms of
+    the configured interval it snaps back to it, so the excess does not halve for ever.
+    """
+    if every < 1:
+        raise ValueError("every must be at least 1")
+    if current_ms <= configured_ms:
+        return configured_ms
+    if successes_in_a_row < every or successes_in_a_row % every:
+        return current_ms
+    interval = configured_ms + round((current_ms - configured_ms) / 2)
+    return configured_ms if interval - configured_ms <= 50 else interval

@@ -1,0 +1,126 @@
+"""The sender's reads and writes: stored deliveries, the recipient rows (the ledger), pacing."""
+
+from dataclasses import dataclass
+from typing import Any
+
+import asyncpg
+
+from services.sender.compose import DeliveryContent
+
+SETTLED = frozenset({"sent", "failed", "unknown"})
+
+
+@dataclass(frozen=True)
+class Recorded:
+    applied: bool  # False: the row was already settled (another copy of the job)
+    completed: bool  # this outcome completed the delivery
+    sent: int
+    failed: int
+    unknown: int
+    total: int
+    attempts: int
+
+
+async def recipient(db: asyncpg.Pool, delivery_id: str, index: int) -> asyncpg.Record | None:
+    return await db.fetchrow(
+        "SELECT r.state, r.attempts, r.last_smtp_code, r.last_smtp_message, r.message_id, "
+        "d.metadata, d.completed_at, d.sent, d.failed, d.unknown, d.total "
+        "FROM delivery_recipients r JOIN deliveries d USING (delivery_id) "
+        "WHERE r.delivery_id = $1 AND r.idx = $2",
+        delivery_id, index)
+
+
+async def content(db: asyncpg.Pool, delivery_id: str,
+                  account: Any) -> tuple[DeliveryContent, dict]:
+    row = await db.fetchrow(
+        "SELECT subject, text_body, html_body, headers, metadata FROM deliveries "
+        "WHERE delivery_id = $1", delivery_id)
+    if row is None:
+        raise LookupError(f"no stored delivery {delivery_id}")
+    return DeliveryContent(
+        from_address=account["from_address"], from_name=account["from_name"],
+        reply_to=account["reply_to"], subject=row["subject"], text=row["text_body"],
+        html=row["html_body"], headers=row["headers"],
+    ), row["metadata"]
+
+
+async def record(db: asyncpg.Pool, *, delivery_id: str, index: int, state: str,
+                 code: int | None, message: str, message_id: str | None, account_id: str,
+                 owner: str, touched_server: bool) -> Recorded:
+    row = await db.fetchrow(
+        "SELECT * FROM record_outcome($1, $2, $3, $4, $5, $6, $7, $8, $9)",
+        delivery_id, index, state, code, message[:2000], message_id, account_id, owner,
+        touched_server)
+    return Recorded(**dict(row))
+
+
+async def account(db: asyncpg.Pool, account_id: str) -> asyncpg.Record | None:
+    return await db.fetchrow(
+        "SELECT a.*, r.paused_reason, r.interval_ms AS throttled_interval_ms "
+        "FROM accounts a LEFT JOIN account_runtime r ON r.account_id = a.id "
+        "WHERE a.id = $1", account_id)
+
+
+async def live_accounts(db: asyncpg.Pool) -> list[asyncpg.Record]:
+    return await db.fetch(
+        "SELECT a.id, a.paused, a.updated_at, r.paused_reason FROM accounts a "
+        "LEFT JOIN account_runtime r ON r.account_id = a.id WHERE a.deleted_at IS NULL")
+
+
+# -- pacing -----------------------------------------------------------------------------------
+
+
+async def take_lease(db: asyncpg.Pool, account_id: str, owner: str, interval_ms: int,
+                     ttl_s: float) -> float | None:
+    """Takes the account's send lease; returns the seconds to wait before sending, or None
+    when another sender holds it. The wait is computed on the database's clock, the one that
+    recorded the last send's end, so replicas on other machines agree."""
+    return await db.fetchval(
+        "UPDATE account_runtime SET lease_owner = $2, lease_until = greatest(clock_timestamp(), "
+        "  coalesce(last_end + make_interval(secs => $3 / 1000.0), clock_timestamp())) "
+        "  + make_interval(secs => $4) "
+        "WHERE account_id = $1 AND (lease_owner IS NULL OR lease_owner = $2 "
+        "  OR lease_until < clock_timestamp()) "
+        "RETURNING coalesce(greatest(0, extract(epoch FROM last_end "
+        "  + make_interval(secs => $3 / 1000.0) - clock_timestamp())), 0)::float8",
+        account_id, owner, interval_ms, ttl_s)
+
+
+async def lease_left_s(db: asyncpg.Pool, account_id: str) -> float:
+    value = await db.fetchval(
+        "SELECT greatest(0, extract(epoch FROM lease_until - clock_timestamp()))::float8 "
+        "FROM account_runtime WHERE account_id = $1", account_id)
+    return value or 0.0
+
+
+async def release_lease(db: asyncpg.Pool, account_id: str, owner: str,
+                        touched_server: bool) -> None:
+    """Gives the lease back without an outcome (a fault of the account); a server contacted
+    counts as a send for pacing."""
+    await db.execute(
+        "UPDATE account_runtime SET lease_owner = NULL, lease_until = NULL, "
+        "last_end = CASE WHEN $3 THEN clock_timestamp() ELSE last_end END "
+        "WHERE account_id = $1 AND lease_owner = $2", account_id, owner, touched_server)
+
+
+async def ensure_runtime(db: asyncpg.Pool, account_id: str) -> None:
+    await db.execute(
+        "INSERT INTO account_runtime (account_id) VALUES ($1) ON CONFLICT DO NOTHING", account_id)
+
+
+async def set_interval(db: asyncpg.Pool, account_id: str, interval_ms: int | None) -> None:
+    await db.execute("UPDATE account_runtime SET interval_ms = $2 WHERE account_id = $1",
+                     account_id, interval_ms)
+
+
+async def set_paused(db: asyncpg.Pool, account_id: str, reason: str | None,
+                     detail: str | None) -> None:
+    """The sender's own pause, and the account's `paused` flag that operators see and resume
+    through config_svc (its resume announces `account.resumed`, which the sender follows)."""
+    async with db.acquire() as connection, connection.transaction():
+        await connection.execute(
+            "UPDATE account_runtime SET paused_reason = $2, paused_detail = $3, "
+            "paused_at = CASE WHEN $2::text IS NULL THEN NULL ELSE now() END "
+            "WHERE account_id = $1", account_id, reason, detail)
+        await connection.execute(
+            "UPDATE accounts SET paused = $2 WHERE id = $1", account_id, reason is not None)

@@ -1,0 +1,66 @@
+"""The sender's composition root: settings, connections, supervisor, probes."""
+
+from pathlib import Path
+
+import aio_pika
+import structlog
+
+from services.sender.settings import SenderSettings
+from services.sender.supervisor import Supervisor
+from shared.crypto import SecretBox
+from shared.db import create_pool, require_schema
+from shared.http import Health, HttpServer, health_app
+from shared.logging import configure_logging, register_secret
+from shared.runtime import stop_on_signals
+from shared.smtp import client_ssl_context
+from shared.topology import EventPublisher, Topology, open_confirmed_channel
+
+SERVICE = "sender"
+MIGRATIONS = Path(__file__).parent / "migrations"
+NEEDED = {
+    "config_svc": Path(__file__).parents[1] / "config_svc" / "migrations",
+    "dispatcher": Path(__file__).parents[1] / "dispatcher" / "migrations",
+    SERVICE: MIGRATIONS,
+}
+log = structlog.get_logger(__name__)
+
+
+def setup(settings: SenderSettings) -> None:
+    configure_logging(settings.log_level, settings.log_format)
+    for secret in (settings.amqp_url, settings.postgres_dsn):
+        register_secret(secret.get_secret_value())
+
+
+async def serve(settings: SenderSettings) -> None:
+    box = SecretBox(settings.encryption_keys())
+    topology = Topology(retry_delays_s=settings.retry_tiers())
+    pool = await create_pool(settings.postgres_dsn.get_secret_value(), settings.db_pool_max)
+    try:
+        async with pool.acquire() as db:
+            for service, folder in NEEDED.items():
+                await require_schema(db, service, folder)
+        connection = await aio_pika.connect_robust(
+            settings.amqp_url.get_secret_value(),
+            client_properties={"connection_name": f"{SERVICE} {settings.replica_id}"},
+        )
+        async with connection:
+            publishing = await open_confirmed_channel(connection)
+            await topology.declare(publishing)
+            supervisor = Supervisor(
+                connection, pool, settings, box, client_ssl_context(settings.smtp_ca_file),
+                topology, EventPublisher(publishing, topology), publishing)
+            health = Health()
+            health.add_check("broker", lambda: not connection.is_closed)
+            health.add_check("database", lambda: not pool.is_closing())
+            health.add_check("consuming", lambda: supervisor.started)
+            server = HttpServer(health_app(health), settings.http_host, settings.http_port)
+            stop = stop_on_signals()
+            await server.start()
+            await supervisor.start()
+            log.info("sender ready", replica=settings.replica_id,
+                     accounts=len(supervisor.workers))
+            await stop.wait()
+            await supervisor.stop(settings.shutdown_grace_s)
+            await server.stop()
+    finally:
+        await pool.close()

@@ -1,0 +1,64 @@
+import os
+import socket
+
+from pydantic import Field, SecretStr
+
+from shared.crypto import parse_keys
+from shared.settings import ServiceSettings
+
+
+def _default_replica_id() -> str:
+    return f"{socket.gethostname()}-{os.getpid()}"
+
+
+class SenderSettings(ServiceSettings):
+    http_port: int = Field(8082, ge=1, le=65535, description="Port of the sender's probes.")
+    fernet_keys: SecretStr = Field(
+        SecretStr(""), description="Comma-separated Fernet keys, newest first."
+    )
+    smtp_ca_file: str | None = Field(
+        None, description="Extra CA certificates (PEM) trusted for SMTP and POP TLS."
+    )
+    replica_id: str = Field(
+        default_factory=_default_replica_id, description="This sender's name among replicas."
+    )
+    smtp_timeout_s: float = Field(30.0, gt=0, description="Timeout of each SMTP network step.")
+    smtp_idle_close_s: float = Field(
+        60.0, gt=0, description="An account's SMTP session idle this long is closed."
+    )
+    pop_max_age_s: float = Field(
+        300.0, gt=0, description="POP before SMTP is repeated when the last login is older."
+    )
+    lease_ttl_s: float = Field(
+        120.0, gt=0, description="How long an account's send lease outlives a dead sender."
+    )
+    max_interval_ms: int = Field(
+        1_500_000, ge=0, le=1_700_000,
+        description="Cap of the pace, throttling included (under RabbitMQ's 30-min timeout).",
+    )
+    retry_delays_s: str = Field(
+        "30,120,600,3600", description="Delays of the retry queues, comma-separated seconds."
+    )
+    retry_max_age_s: float = Field(
+        86400.0, gt=0, description="A recipient still failing this long after queuing fails."
+    )
+    retry_unknown: bool = Field(
+        False, description="Retry an ambiguous send (may double a mail) instead of `unknown`."
+    )
+    connect_failures_to_pause: int = Field(
+        3, ge=1, description="Connection failures in a row that pause an account."
+    )
+    probe_min_s: float = Field(60.0, gt=0, description="First probe of a paused account.")
+    probe_max_s: float = Field(1800.0, gt=0, description="Longest wait between probes.")
+    reconcile_s: float = Field(
+        30.0, gt=0, description="How often consumers are checked against the accounts table."
+    )
+    consumers_per_channel: int = Field(
+        100, ge=1, le=1000, description="Account consumers sharing one AMQP channel."
+    )
+
+    def encryption_keys(self) -> list[str]:
+        return parse_keys(self.fernet_keys.get_secret_value())
+
+    def retry_tiers(self) -> tuple[int, ...]:
+        return tuple(int(part) for part in self.retry_delays_s.split(",") if part.strip())

@@ -1,0 +1,296 @@
+"""Which account queues this sender consumes, kept in line with the accounts table.
+
+One consumer per live, running account, prefetch 1 each, about a hundred consumers a channel.
+Account events are followed within a second; a periodic reconcile catches a missed one. With
+several replicas, each subscribes first to the accounts that rendezvous hashing gives it and
+to the rest a little later, as standby: single active consumer then spreads the active
+consumers over the replicas, and a standby takes over when a replica dies.
+"""
+
+import asyncio
+import contextlib
+import hashlib
+import ssl
+from datetime import timedelta
+from typing import Any
+
+import asyncpg
+import orjson
+import structlog
+from aio_pika.abc import AbstractChannel, AbstractConnection, AbstractIncomingMessage
+
+from services.sender import ledger, metrics
+from services.sender.settings import SenderSettings
+from services.sender.worker import AccountWorker, Composers
+from shared.crypto import SecretBox
+from shared.topology import EventPublisher, Topology
+
+log = structlog.get_logger(__name__)
+
+# Pauses that only a change of the account (or an operator) ends.
+SETTINGS_FAULTS = frozenset({"auth", "tls", "sender_refused", "pop", "account"})
+STANDBY_DELAY_S = 2.0
+HEARTBEAT_S = 5.0
+
+
+def rendezvous_owner(account_id: str, replicas: list[str]) -> str | None:
+    def score(replica: str) -> bytes:
+        return hashlib.sha256(f"{replica}/{account_id}".encode()).digest()
+    return max(replicas, key=score) if replicas else None
+
+
+class Supervisor:
+    def __init__(self, connection: AbstractConnection, pool: asyncpg.Pool,
+                 settings: SenderSettings, box: SecretBox, ssl_context: ssl.SSLContext,
+                 topology: Topology, events: EventPublisher,
+                 publish_channel: AbstractChannel) -> None:
+        self._connection = connection
+        self._pool = pool
+        self._settings = settings
+        self._box = box
+        self._ssl_context = ssl_context
+        self._topology = topology
+        self._events = events
+        self._publish_channel = publish_channel
+        self._composers = Composers(pool)
+        self.workers: dict[str, AccountWorker] = {}
+        self._channels: list[list[Any]] = []  # [channel, consumers on it]
+        self._lock = asyncio.Lock()
+        self._probes: dict[str, asyncio.Task] = {}
+        self._tasks: set[asyncio.Task] = set()
+        self._stopping = False
+        self.started = False
+
+    # -- life -----------------------------------------------------------------------------
+
+    async def start(self) -> None:
+        await self._heartbeat()
+        events = await self._connection.channel()
+        queue = await events.declare_queue(exclusive=True, auto_delete=True)
+        await queue.bind(self._topology.events_exchange, routing_key="account.*")
+        await queue.consume(self._on_account_event, no_ack=True)
+        await self.reconcile()
+        for name, loop in (("reconcile", self._reconcile_loop), ("idle", self._idle_loop),
+                           ("heartbeat", self._heartbeat_loop)):
+            self._spawn(loop(), name)
+        self.started = True
+
+    async def stop(self, deadline_s: float) -> None:
+        """Takes no more messages; waits for the sends in hand; closes the SMTP sessions."""
+        self._stopping = True
+        for task in [*self._tasks, *self._probes.values()]:
+            task.cancel()
+        async with self._lock:
+            for worker in list(self.workers.values()):
+                await self._unsubscribe(worker)
+        busy = [asyncio.create_task(self._idle(worker)) for worker in self.workers.values()]
+        if busy:
+            await asyncio.wait(busy, timeout=deadline_s)
+        for worker in self.workers.values():
+            await worker.close_session()
+        await self._pool.execute("DELETE FROM sender_replicas WHERE replica_id = $1",
+                                 self._settings.replica_id)
+
+    @staticmethod
+    async def _idle(worker: AccountWorker) -> None:
+        async with worker.busy:
+            pass
+
+    def _spawn(self, work: Any, name: str) -> None:
+        task = asyncio.create_task(work, name=name)
+        self._tasks.add(task)
+        task.add_done_callback(self._tasks.discard)
+
+    # -- consumers ------------------------------------------------------------------------
+
+    async def reconcile(self, only: str | None = None) -> None:
+        rows = await ledger.live_accounts(self._pool)
+        if only is not None:
+            rows = [row for row in rows if str(row["id"]) == only]
+        wanted = {str(row["id"]): row for row in rows
+                  if not row["paused"] and row["paused_reason"] is None}
+        replicas = await self._live_replicas()
+        later = []
+        async with self._lock:
+            known = [only] if only is not None else list(self.workers)
+            for account_id in known:
+                if account_id not in wanted and account_id in self.workers:
+                    await self._unsubscribe(self.workers.pop(account_id))
+            for account_id in wanted:
+                worker = self.workers.get(account_id)
+                if worker is not None and worker.consumer_tag is not None:
+                    continue
+                if rendezvous_owner(account_id, replicas) in (None, self._settings.replica_id):
+                    await self._subscribe(account_id)
+                else:
+                    later.append(account_id)
+            for row in rows:  # connection pauses end by themselves once a probe succeeds
+                if row["paused_reason"] == "connect":
+                    self._start_probe(str(row["id"]))
+        if later:
+            self._spawn(self._subscribe_later(later), "standby")
+        metrics.CONSUMERS.set(sum(1 for w in self.workers.values() if w.consumer_tag))
+
+    async def _subscribe_later(self, account_ids: list[str]) -> None:
+        await asyncio.sleep(STANDBY_DELAY_S)
+        for account_id in account_ids:
+            await self.reconcile(only=account_id)
+
+    async def _subscribe(self, account_id: str) -> None:
+        account = await ledger.account(self._pool, account_id)
+        if account is None:
+            return
+        await ledger.ensure_runtime(self._pool, account_id)
+        worker = self.workers.get(account_id)
+        if worker is None:
+            worker = AccountWorker(
+                account, pool=self._pool, settings=self._settings, box=self._box,
+                ssl_context=self._ssl_context, topology=self._topology, events=self._events,
+                publish_channel=self._publish_channel, composers=self._composers,
+                on_pause=self._on_pause)
+            self.workers[account_id] = worker
+        else:
+            await worker.update(account)
+        channel = await self._channel_with_room()
+        worker.queue = await self._topology.declare_account_queue(channel[0], account_id)
+        worker.consumer_tag = await worker.queue.consume(worker.on_message)
+        channel[1] += 1
+        log.info("consuming", account_id=account_id)
+
+    async def _unsubscribe(self, worker: AccountWorker) -> None:
+        if worker.queue is not None and worker.consumer_tag is not None:
+            with contextlib.suppress(Exception):  # a closed channel has no consumer anyway
+                await worker.queue.cancel(worker.consumer_tag)
+            for entry in self._channels:
+                if entry[0] is worker.queue.channel:
+                    entry[1] -= 1
+        worker.consumer_tag = None
+        log.info("not consuming", account_id=worker.account_id)
+
+    async def _channel_with_room(self) -> list[Any]:
+        for entry in self._channels:
+            if entry[1] < self._settings.consumers_per_channel and not entry[0].is_closed:
+                return entry
+        channel = await self._connection.channel()
+        await channel.set_qos(prefetch_count=1)  # per consumer: global is off
+        entry = [channel, 0]
+        self._channels.append(entry)
+        return entry
+
+    async def _on_pause(self, worker: AccountWorker) -> None:
+        # Called from inside the worker's message handler: do not wait for it here.
+        await self._unsubscribe(worker)
+        if self.workers.get(worker.account_id) is worker and not self._stopping:
+            metrics.PAUSED.inc()
+            await self.reconcile(only=worker.account_id)
+
+    # -- account events -------------------------------------------------------------------
+
+    async def _on_account_event(self, message: AbstractIncomingMessage) -> None:
+        try:
+            event = orjson.loads(message.body)
+            account_id = str(event["account_id"])
+            kind = event["type"]
+        except (ValueError, KeyError, TypeError):
+            log.warning("unreadable account event ignored")
+            return
+        try:
+            await self._follow(kind, account_id)
+        except Exception:
+            log.exception("following an account event failed; the reconcile will catch up",
+                          account_id=account_id)
+
+    async def _follow(self, kind: str, account_id: str) -> None:
+        account = await ledger.account(self._pool, account_id)
+        worker = self.workers.get(account_id)
+        if account is not None and kind in ("account.updated", "account.resumed"):
+            reason = account["paused_reason"]
+            ends_pause = (kind == "account.resumed" and reason is not None) or (
+                kind == "account.updated" and reason in SETTINGS_FAULTS)
+            if ends_pause:
+                if worker is None:
+                    worker = await self._worker_for(account)
+                await worker.resume()
+                metrics.PAUSED.dec()
+                self._stop_probe(account_id)
+                account = await ledger.account(self._pool, account_id)
+            if worker is not None and account is not None:
+                async with worker.busy:
+                    await worker.update(account)
+        await self.reconcile(only=account_id)
+
+    # -- probes of accounts paused for connection failures --------------------------------
+
+    def _start_probe(self, account_id: str) -> None:
+        if account_id not in self._probes and not self._stopping:
+            self._probes[account_id] = asyncio.create_task(self._probe_loop(account_id))
+
+    def _stop_probe(self, account_id: str) -> None:
+        task = self._probes.pop(account_id, None)
+        if task is not None and task is not asyncio.current_task():
+            task.cancel()
+
+    async def _probe_loop(self, account_id: str) -> None:
+        wait = self._settings.probe_min_s
+        try:
+            while True:
+                await asyncio.sleep(wait)
+                worker = self.workers.get(account_id)
+                account = await ledger.account(self._pool, account_id)
+                if account is None or account["paused_reason"] != "connect":
+                    return
+                if worker is None:
+                    worker = await self._worker_for(account)
+                if await worker.probe():
+                    await worker.resume()
+                    metrics.PAUSED.dec()
+                    await self.reconcile(only=account_id)
+                    return
+                wait = min(wait * 2, self._settings.probe_max_s)
+        finally:
+            self._probes.pop(account_id, None)
+
+    async def _worker_for(self, account: Any) -> AccountWorker:
+        worker = AccountWorker(
+            account, pool=self._pool, settings=self._settings, box=self._box,
+            ssl_context=self._ssl_context, topology=self._topology, events=self._events,
+            publish_channel=self._publish_channel, composers=self._composers,
+            on_pause=self._on_pause)
+        self.workers[str(account["id"])] = worker
+        return worker
+
+    # -- loops ----------------------------------------------------------------------------
+
+    async def _reconcile_loop(self) -> None:
+        while True:
+            await asyncio.sleep(self._settings.reconcile_s)
+            try:
+                await self.reconcile()
+            except Exception:
+                log.exception("reconcile failed")
+
+    async def _idle_loop(self) -> None:
+        while True:
+            await asyncio.sleep(min(5.0, self._settings.smtp_idle_close_s))
+            now = asyncio.get_running_loop().time()
+            for worker in list(self.workers.values()):
+                await worker.close_if_idle(now)
+
+    async def _heartbeat(self) -> None:
+        await self._pool.execute(
+            "INSERT INTO sender_replicas (replica_id) VALUES ($1) ON CONFLICT (replica_id) "
+            "DO UPDATE SET seen_at = now()", self._settings.replica_id)
+
+    async def _heartbeat_loop(self) -> None:
+        while True:
+            await asyncio.sleep(HEARTBEAT_S)
+            try:
+                await self._heartbeat()
+            except Exception:
+                log.exception("heartbeat failed")
+
+    async def _live_replicas(self) -> list[str]:
+        rows = await self._pool.fetch(
+            "SELECT replica_id FROM sender_replicas WHERE seen_at > now() - $1::interval",
+            timedelta(seconds=HEARTBEAT_S * 3))
+        return [row["replica_id"] for row in rows]

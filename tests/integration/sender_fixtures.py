@@ -1,0 +1,120 @@
+"""An in-process sender (the real supervisor and workers) beside the in-process dispatcher."""
+
+import asyncio
+from collections.abc import AsyncIterator
+from dataclasses import dataclass
+from typing import Any
+
+import asyncpg
+import orjson
+import pytest
+from aio_pika.abc import AbstractQueue, AbstractRobustConnection
+
+from services.sender.main import MIGRATIONS
+from services.sender.settings import SenderSettings
+from services.sender.supervisor import Supervisor
+from shared.crypto import SecretBox
+from shared.db import migrate
+from shared.messages import AccountUpdated
+from shared.smtp import client_ssl_context
+from shared.topology import EventPublisher
+from tests.integration.accounts_fixtures import KEY
+from tests.integration.dispatcher_fixtures import Dispatcher
+
+
+async def configure_account(pool: asyncpg.Pool, account_id: str, **fields: Any) -> None:
+    """Changes the account as config_svc would (the sender only reads the table)."""
+    if "smtp_password" in fields:
+        fields["smtp_password_enc"] = SecretBox([KEY]).encrypt(fields.pop("smtp_password"))
+    sets = ", ".join(f"{name} = ${i}" for i, name in enumerate(fields, start=2))
+    await pool.execute(f"UPDATE accounts SET {sets}, updated_at = now() WHERE id = $1",
+                       account_id, *fields.values())
+
+
+@dataclass
+class SenderStack:
+    dispatcher: Dispatcher
+    supervisor: Supervisor
+    settings: SenderSettings
+    events: AbstractQueue  # every mail.* and account.* event of this test's topology
+    seen: list[dict]
+
+    @property
+    def account_id(self) -> str:
+        return self.dispatcher.account_id
+
+    async def announce_change(self) -> None:
+        """The account.updated event config_svc publishes after a change."""
+        row = await self.dispatcher.pool.fetchrow(
+            "SELECT * FROM accounts WHERE id = $1", self.account_id)
+        from services.config_svc.repository import to_public
+
+        publisher = EventPublisher(self.dispatcher.channel, self.dispatcher.topology)
+        await publisher.publish(AccountUpdated(account_id=self.account_id,
+                                               account=to_public(row)))
+
+    async def wait_event(self, predicate: Any, timeout: float = 20) -> dict:
+        """The first event (seen before or arriving) that `predicate` accepts."""
+        for event in self.seen:
+            if predicate(event):
+                return event
+        async with self.events.iterator() as messages, asyncio.timeout(timeout):
+            async for message in messages:
+                await message.ack()
+                event = orjson.loads(message.body)
+                self.seen.append(event)
+                if predicate(event):
+                    return event
+        raise AssertionError("unreachable")
+
+    def of_type(self, kind: str) -> list[dict]:
+        return [event for event in self.seen if event["type"] == kind]
+
+
+def sender_settings(amqp_url: str, postgres_dsn: str, replica: str,
+                    **changes: Any) -> SenderSettings:
+    values: dict[str, Any] = {
+        "amqp_url": amqp_url, "postgres_dsn": postgres_dsn, "fernet_keys": KEY,
+        "replica_id": replica, "smtp_timeout_s": 5, "retry_delays_s": "1,2",
+        "probe_min_s": 0.5, "probe_max_s": 2, "reconcile_s": 2, "lease_ttl_s": 10,
+        "connect_failures_to_pause": 2,
+    }
+    values.update(changes)
+    return SenderSettings(**values)
+
+
+@pytest.fixture
+def sender_overrides() -> dict:
+    """Tests change the sender's settings by overriding this fixture or mutating it."""
+    return {}
+
+
+@pytest.fixture
+async def start_sender(dispatcher: Dispatcher, amqp: AbstractRobustConnection,
+                       amqp_url: str, postgres_dsn: str, unique: str,
+                       sender_overrides: dict) -> AsyncIterator[Any]:
+    async with dispatcher.pool.acquire() as db:
+        await migrate(db, "sender", MIGRATIONS)
+        # A sender serves every live account; the other tests' accounts point nowhere.
+        await db.execute("UPDATE accounts SET deleted_at = now() WHERE id <> $1 "
+                         "AND deleted_at IS NULL", dispatcher.account_id)
+    stacks: list[SenderStack] = []
+
+    async def start() -> SenderStack:
+        settings = sender_settings(amqp_url, postgres_dsn, f"{unique}-{len(stacks)}",
+                                   **sender_overrides)
+        events = await dispatcher.channel.declare_queue(exclusive=True)
+        for key in ("mail.*", "account.*", "delivery.completed"):
+            await events.bind(dispatcher.topology.events_exchange, routing_key=key)
+        supervisor = Supervisor(
+            amqp, dispatcher.pool, settings, SecretBox([KEY]), client_ssl_context(),
+            dispatcher.topology, EventPublisher(dispatcher.channel, dispatcher.topology),
+            dispatcher.channel)
+        await supervisor.start()
+        stack = SenderStack(dispatcher, supervisor, settings, events, [])
+        stacks.append(stack)
+        return stack
+
+    yield start
+    for stack in stacks:
+        await stack.supervisor.stop(10)
