@@ -210,7 +210,7 @@ class Supervisor:
             if ends_pause:
                 if worker is None:
                     worker = await self._worker_for(account)
-                await worker.resume()
+                await worker.resume(announce=kind != "account.resumed")
                 metrics.PAUSED.dec()
                 self._stop_probe(account_id)
                 account = await ledger.account(self._pool, account_id)

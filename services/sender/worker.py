@@ -377,11 +377,14 @@ class AccountWorker:
                     smtp_message=error.text)
         await self._on_pause(self)
 
-    async def resume(self) -> None:
+    async def resume(self, announce: bool = True) -> None:
+        """Ends the sender's pause; `announce` is False when config_svc has already
+        published `account.resumed` (an operator's resume)."""
         self.paused = False
         self._connect_failures = 0
         await ledger.set_paused(self._pool, self.account_id, None, None)
-        await self._events.publish(AccountResumed(account_id=self.account_id))
+        if announce:
+            await self._events.publish(AccountResumed(account_id=self.account_id))
         log.info("account resumed", account_id=self.account_id)
 
     async def probe(self) -> bool:
