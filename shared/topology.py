@@ -119,13 +119,14 @@ class Topology:
             await queue.bind(exchange, routing_key="")
 
     async def account_queue_depth(self, channel: AbstractChannel, account_id: str) -> int:
-        """Messages ready in the account's queue, asked of the broker now (declaring the queue
-        if missing). A robust channel's own declare_queue returns its cached first answer."""
+        """Messages ready in the account's queue, asked of the broker now (declaring and
+        binding the queue if missing). A robust channel's own declare_queue returns its cached
+        first answer."""
         underlay = await channel.get_underlay_channel()
+        name = self.account_queue(account_id)
         answer = await underlay.queue_declare(
-            self.account_queue(account_id), durable=True,
-            arguments=self.account_queue_arguments(),
-        )
+            name, durable=True, arguments=self.account_queue_arguments())
+        await underlay.queue_bind(name, self.send_exchange, routing_key=account_id)
         return answer.message_count or 0
 
     async def declare_account_queue(

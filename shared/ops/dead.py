@@ -1,0 +1,453 @@
+"""Reading and replaying the dead-letter queue `mail.dead` without losing a message.
+
+Reading: every message of the queue is taken with basic.get without an ack and held; when done,
+each one is given back with basic.nack(requeue=True), in the order read. A quorum queue puts a
+returned message at its back (measured on RabbitMQ 3.10), so reading the whole queue and
+returning it in order leaves the order as it was; a message dead-lettered while the CLI reads
+lands before the returned ones. Nothing is lost when the CLI dies: the broker returns the
+unacked messages of a closed channel.
+
+Reading is not free of effects: each return counts as a delivery (`x-delivery-count`).
+RabbitMQ 4.0 to 4.2 give quorum queues a default delivery limit of 20 and count every return
+(4.3 counts basic.reject only, not basic.nack), and `mail.dead` has no dead-letter exchange, so
+a message read twenty times would be dropped there. A message whose count reached `RENEW_AT`
+is therefore given back as a fresh copy instead (published to the queue with a confirm, then
+the old one acked), whose count starts again at zero; a crash between the two leaves a second
+copy, never none.
+
+The management console's "Get messages" (Nack message requeue true) does the same basic.get
+and requeue: it moves the messages it shows to the back of the queue and counts a delivery.
+
+Replaying publishes a copy (confirm + mandatory: an unroutable copy is an error and the
+original stays) to where the message came from, then acks the original.
+"""
+
+import contextlib
+from collections.abc import Callable, Sequence
+from dataclasses import dataclass, field
+from datetime import UTC, datetime
+from typing import Any
+
+import aio_pika
+from aio_pika.abc import (
+    AbstractChannel,
+    AbstractConnection,
+    AbstractIncomingMessage,
+    AbstractQueue,
+)
+from aio_pika.exceptions import ChannelNotFoundEntity
+
+from shared.ops.accounts import OpsError
+from shared.topology import Topology, open_confirmed_channel, publish
+
+RENEW_AT = 10  # deliveries after which a message read is given back as a fresh copy
+MAX_READ = 10_000
+# What dead-lettering added; a replayed copy goes out without it.
+BOOKKEEPING = frozenset({
+    "x-reason", "x-detail", "x-death", "x-delivery-count",
+    "x-first-death-exchange", "x-first-death-queue", "x-first-death-reason",
+    "x-last-death-exchange", "x-last-death-queue", "x-last-death-reason",
+})
+ACCOUNT_DELETED = "account_deleted"
+
+
+def _text(value: Any) -> str | None:
+    if value is None:
+        return None
+    if isinstance(value, bytes):
+        return value.decode("utf-8", "replace")
+    return str(value)
+
+
+def _plain(value: Any) -> Any:
+    """A header value as JSON can show it."""
+    if isinstance(value, bytes):
+        return value.decode("utf-8", "replace")
+    if isinstance(value, datetime):
+        return value.isoformat()
+    if isinstance(value, dict):
+        return {str(k): _plain(v) for k, v in value.items()}
+    if isinstance(value, list | tuple):
+        return [_plain(v) for v in value]
+    if isinstance(value, int | float | bool | str) or value is None:
+        return value
+    return str(value)
+
+
+def preview(body: bytes, size: int) -> str:
+    text = body[: size * 4].decode("utf-8", "replace")
+    return text if len(text) <= size else text[: size - 1] + "…"
+
+
+@dataclass
+class DeadLetter:
+    position: int  # 1-based, in the order read (the queue's order)
+    message: AbstractIncomingMessage = field(repr=False)
+
+    @property
+    def headers(self) -> dict[str, Any]:
+        return dict(self.message.headers or {})
+
+    def header(self, name: str) -> str | None:
+        return _text(self.headers.get(name))
+
+    @property
+    def message_id(self) -> str:
+        return self.message.message_id or ""
+
+    @property
+    def deaths(self) -> list[dict[str, Any]]:
+        """x-death, newest first: the broker's own dead-lettering (delivery limit, expiry)."""
+        value = self.headers.get("x-death")
+        return [entry for entry in value if isinstance(entry, dict)] if isinstance(
+            value, list) else []
+
+    @property
+    def reason(self) -> str | None:
+        """x-reason (set by the service that moved it here), else the broker's x-death reason."""
+        if reason := self.header("x-reason"):
+            return reason
+        deaths = self.deaths
+        return _text(deaths[0].get("reason")) if deaths else None
+
+    @property
+    def delivery_count(self) -> int:
+        try:
+            return int(self.headers.get("x-delivery-count") or 0)
+        except (TypeError, ValueError):
+            return 0
+
+    @property
+    def delivery_id(self) -> str | None:
+        return self.header("x-delivery-id") or self.header("delivery_id")
+
+    @property
+    def account_id(self) -> str | None:
+        return self.header("x-account-id") or self.header("account_id")
+
+    def origin(self) -> str:
+        """Where it was before mail.dead, in a few words, for the list."""
+        if exchange := self.header("x-original-exchange"):
+            return f"{exchange} / {self.header('x-original-routing-key') or ''}"
+        if queue := self.header("x-original-queue"):
+            return queue
+        deaths = self.deaths
+        if deaths:
+            return _text(deaths[0].get("queue")) or ""
+        return ""
+
+    def summary(self, preview_chars: int = 80) -> dict[str, Any]:
+        return {
+            "position": self.position,
+            "message_id": self.message_id,
+            "reason": self.reason,
+            "detail": self.header("x-detail"),
+            "delivery_id": self.delivery_id,
+            "account_id": self.account_id,
+            "origin": self.origin(),
+            "body_bytes": len(self.message.body),
+            "body_preview": preview(self.message.body, preview_chars),
+        }
+
+    def details(self, preview_chars: int = 2000) -> dict[str, Any]:
+        message = self.message
+        return {
+            **self.summary(preview_chars),
+            "routing_key": message.routing_key,
+            "x-reason": self.header("x-reason"),
+            "x-detail": self.header("x-detail"),
+            "x-delivery-id": self.header("x-delivery-id"),
+            "x-original-exchange": self.header("x-original-exchange"),
+            "x-original-routing-key": self.header("x-original-routing-key"),
+            "x-original-queue": self.header("x-original-queue"),
+            "x-death": [
+                {key: _plain(entry.get(key))
+                 for key in ("exchange", "routing-keys", "queue", "reason", "count", "time")}
+                for entry in self.deaths
+            ],
+            "headers": _plain(self.headers),
+            "properties": {
+                "content_type": message.content_type,
+                "content_encoding": message.content_encoding,
+                "type": message.type,
+                "timestamp": _plain(message.timestamp),
+                "delivery_mode": int(message.delivery_mode or 0),
+            },
+        }
+
+
+# -- where a replay goes ----------------------------------------------------------------------
+
+
+@dataclass(frozen=True)
+class Target:
+    exchange: str
+    routing_key: str
+    why: str
+    queue_needed: str | None = None  # replayed only while this queue exists (an account's)
+
+    def __str__(self) -> str:
+        return f"exchange {self.exchange or '(default)'!r}, routing key {self.routing_key!r}"
+
+
+class Unreplayable(Exception):
+    pass
+
+
+def _account_of_queue(topology: Topology, queue: str | None) -> str | None:
+    prefix = topology.account_queue("")
+    if queue and queue.startswith(prefix) and len(queue) > len(prefix):
+        return queue[len(prefix):]
+    return None
+
+
+def plan(letter: DeadLetter, topology: Topology) -> Target:
+    """Where replaying `letter` sends it; raises Unreplayable when nowhere is known.
+
+    1. `x-original-exchange` / `x-original-routing-key` (the dispatcher's refused requests).
+    2. A job from an account queue (`x-reason: account_deleted` from config_svc, or
+       `x-original-queue` naming an account queue, from the sender; or, for the broker's own
+       dead-lettering, an x-death from an account queue): `mail.send` with the account id, and
+       only while the account's queue exists. Before x-death on purpose: a job that once
+       waited in a retry queue carries an x-death naming the retry exchange, which would take
+       it the long way round and drop it silently if the queue is gone.
+    3. The broker's dead-lettering (delivery limit, expiry; no x-reason): the exchange and
+       first routing key of the newest x-death entry.
+    """
+    exchange = letter.header("x-original-exchange")
+    if exchange is not None:
+        routing_key = letter.header("x-original-routing-key")
+        if routing_key is None:
+            raise Unreplayable("x-original-exchange without x-original-routing-key")
+        return Target(exchange, routing_key, "x-original-exchange / x-original-routing-key")
+
+    by_service = letter.header("x-reason") is not None
+    deaths = letter.deaths
+    account_id = None
+    if by_service:
+        account_id = (_account_of_queue(topology, letter.header("x-original-queue"))
+                      or (letter.header("x-account-id")
+                          if letter.header("x-reason") == ACCOUNT_DELETED else None))
+    elif deaths:
+        account_id = _account_of_queue(topology, _text(deaths[0].get("queue")))
+    if account_id:
+        return Target(topology.send_exchange, account_id, "account queue",
+                      queue_needed=topology.account_queue(account_id))
+
+    if not by_service and deaths:
+        death = deaths[0]
+        keys = death.get("routing-keys") or []
+        exchange = _text(death.get("exchange"))
+        if exchange is None or not keys:
+            raise Unreplayable("its x-death entry names no exchange or routing key")
+        return Target(exchange, _text(keys[0]) or "", "x-death")
+    raise Unreplayable(
+        "no x-original-exchange, no account queue and no x-death: nowhere known to send it "
+        "back (read it with `dead show` and publish it again by hand if it should go)")
+
+
+async def _exists(connection: AbstractConnection, kind: str, name: str) -> bool:
+    """A passive declare on a channel of its own (a missing one closes the channel)."""
+    if kind == "exchange" and name == "":
+        return True
+    channel = await connection.channel()
+    try:
+        if kind == "queue":
+            await channel.declare_queue(name, passive=True)
+        else:
+            await channel.declare_exchange(name, passive=True)
+        return True
+    except ChannelNotFoundEntity:
+        return False
+    finally:
+        with contextlib.suppress(Exception):
+            await channel.close()
+
+
+async def check(connection: AbstractConnection, target: Target,
+                known: dict[tuple[str, str], bool] | None = None) -> None:
+    """Raises Unreplayable when the target's exchange (or the account's queue) is missing.
+    `known` keeps the answers for a run over many messages."""
+    known = {} if known is None else known
+
+    async def exists(kind: str, name: str) -> bool:
+        if (kind, name) not in known:
+            known[kind, name] = await _exists(connection, kind, name)
+        return known[kind, name]
+
+    if target.queue_needed and not await exists("queue", target.queue_needed):
+        raise Unreplayable(
+            f"the account's queue {target.queue_needed} does not exist (account deleted?); "
+            "a job cannot be sent by another account: request the delivery again instead")
+    if not await exists("exchange", target.exchange):
+        raise Unreplayable(f"the exchange {target.exchange!r} does not exist")
+
+
+async def resolve(connection: AbstractConnection, letter: DeadLetter, topology: Topology,
+                  known: dict[tuple[str, str], bool] | None = None) -> Target:
+    target = plan(letter, topology)
+    await check(connection, target, known)
+    return target
+
+
+def replay_copy(message: AbstractIncomingMessage, keep_bookkeeping: bool = False,
+                **extra_headers: Any) -> aio_pika.Message:
+    headers = {key: value for key, value in (message.headers or {}).items()
+               if keep_bookkeeping or key not in BOOKKEEPING}
+    headers.pop("x-delivery-count", None)
+    headers.update(extra_headers)
+    return aio_pika.Message(
+        message.body, headers=headers, content_type=message.content_type,
+        content_encoding=message.content_encoding, delivery_mode=aio_pika.DeliveryMode.PERSISTENT,
+        priority=message.priority, correlation_id=message.correlation_id,
+        reply_to=message.reply_to, message_id=message.message_id, timestamp=message.timestamp,
+        type=message.type, app_id=message.app_id,
+    )
+
+
+# -- the queue, held ----------------------------------------------------------------------------
+
+
+class DeadQueue:
+    """`async with DeadQueue(...) as dead:` reads every message of `mail.dead` (up to
+    `max_read`) and holds it; on leaving, every message not replayed is given back in order."""
+
+    def __init__(self, connection: AbstractConnection, topology: Topology,
+                 max_read: int = MAX_READ) -> None:
+        self._connection = connection
+        self._topology = topology
+        self._max_read = max_read
+        self._channel: AbstractChannel | None = None
+        self._queue: AbstractQueue | None = None
+        self.letters: list[DeadLetter] = []
+        self.truncated = False  # max_read reached: more messages wait behind
+        self._settled: set[int] = set()
+
+    async def __aenter__(self) -> "DeadQueue":
+        # One confirmed channel for reading, replaying and giving back, so that they happen
+        # in the order issued.
+        self._channel = await open_confirmed_channel(self._connection)
+        try:
+            self._queue = await self._channel.declare_queue(
+                self._topology.dead_queue, passive=True)
+        except ChannelNotFoundEntity:
+            raise OpsError(f"the queue {self._topology.dead_queue} does not exist") from None
+        while len(self.letters) < self._max_read:
+            message = await self._queue.get(no_ack=False, fail=False, timeout=30)
+            if message is None:
+                break
+            self.letters.append(DeadLetter(len(self.letters) + 1, message))
+        else:  # basic.get-ok says how many remain behind the last one read
+            self.truncated = bool(self.letters and self.letters[-1].message.message_count)
+        return self
+
+    async def __aexit__(self, *exc_info: object) -> None:
+        try:
+            await self.give_back()
+        finally:
+            if self._channel is not None and not self._channel.is_closed:
+                with contextlib.suppress(Exception):
+                    await self._channel.close()
+
+    @property
+    def open(self) -> bool:
+        return self._channel is not None and not self._channel.is_closed
+
+    async def give_back(self) -> None:
+        assert self._channel is not None
+        for letter in self.letters:
+            if letter.position in self._settled or self._channel.is_closed:
+                continue  # a closed channel has given its messages back already
+            self._settled.add(letter.position)
+            if letter.delivery_count >= RENEW_AT:
+                try:
+                    await publish(self._channel.default_exchange, self._topology.dead_queue,
+                                  replay_copy(letter.message, keep_bookkeeping=True))
+                except Exception:  # give the old copy back rather than lose anything
+                    await letter.message.nack(requeue=True)
+                else:
+                    await letter.message.ack()
+            else:
+                await letter.message.nack(requeue=True)
+
+    def find(self, key: str) -> list[DeadLetter]:
+        """By message id; else, when `key` is a number, the message at that position."""
+        found = [letter for letter in self.letters if letter.message_id == key]
+        if not found and key.isdigit() and 1 <= int(key) <= len(self.letters):
+            found = [self.letters[int(key) - 1]]
+        return found
+
+    async def replay(self, letter: DeadLetter, target: Target) -> None:
+        """Publishes the copy (confirm + mandatory), then acks the original."""
+        assert self._channel is not None
+        copy = replay_copy(letter.message, **{"x-replayed-at": datetime.now(UTC).isoformat()})
+        if target.exchange == "":
+            exchange = self._channel.default_exchange
+        else:
+            exchange = await self._channel.get_exchange(target.exchange, ensure=False)
+        await publish(exchange, target.routing_key, copy)
+        self._settled.add(letter.position)
+        await letter.message.ack()
+
+
+@dataclass(frozen=True)
+class Outcome:
+    position: int
+    message_id: str
+    reason: str | None
+    action: str  # replayed, would_replay, refused, failed
+    target: str | None
+    detail: str | None
+
+    def as_json(self) -> dict[str, Any]:
+        return {"position": self.position, "message_id": self.message_id,
+                "reason": self.reason, "action": self.action, "target": self.target,
+                "detail": self.detail}
+
+
+def selector(all_: bool, message_ids: Sequence[str], reasons: Sequence[str]
+             ) -> Callable[[DeadLetter], bool]:
+    ids, wanted = set(message_ids), set(reasons)
+
+    def select(letter: DeadLetter) -> bool:
+        if wanted and letter.reason not in wanted:
+            return False
+        return all_ or letter.message_id in ids or (not ids and bool(wanted))
+    return select
+
+
+async def replay(connection: AbstractConnection, topology: Topology,
+                 select: Callable[[DeadLetter], bool], dry_run: bool,
+                 max_read: int = MAX_READ) -> tuple[list[Outcome], bool]:
+    """Replays the selected messages; returns what happened to each, and whether mail.dead
+    held more than `max_read` (those behind were not looked at)."""
+    outcomes: list[Outcome] = []
+    known: dict[tuple[str, str], bool] = {}
+    async with DeadQueue(connection, topology, max_read) as dead:
+        for letter in dead.letters:
+            if not select(letter):
+                continue
+            base = {"position": letter.position, "message_id": letter.message_id,
+                    "reason": letter.reason}
+            try:
+                target = await resolve(connection, letter, topology, known)
+            except Unreplayable as refusal:
+                outcomes.append(Outcome(**base, action="refused", target=None,
+                                        detail=str(refusal)))
+                continue
+            if dry_run:
+                outcomes.append(Outcome(**base, action="would_replay", target=str(target),
+                                        detail=target.why))
+                continue
+            try:
+                await dead.replay(letter, target)
+            except Exception as error:  # unroutable, nacked, timed out: it stays in mail.dead
+                outcomes.append(Outcome(**base, action="failed", target=str(target),
+                                        detail=f"{type(error).__name__}: {error}"))
+                if not dead.open:
+                    break  # the channel is gone and has given every held message back
+                continue
+            outcomes.append(Outcome(**base, action="replayed", target=str(target),
+                                    detail=target.why))
+        truncated = dead.truncated
+    return outcomes, truncated
