@@ -67,8 +67,8 @@ async def clear_default(db: asyncpg.Connection, except_id: str | None,
 async def set_paused(db: asyncpg.Connection, account_id: str, paused: bool,
                      updated_by: str) -> asyncpg.Record | None:
     return await db.fetchrow(
-        "UPDATE accounts SET paused = $2, updated_by = $3, updated_at = now() "
-        f"WHERE id = $1 AND {_LIVE} RETURNING *",
+        "UPDATE accounts SET paused = $2, paused_by = CASE WHEN $2 THEN 'operator' END, "
+        f"updated_by = $3, updated_at = now() WHERE id = $1 AND {_LIVE} RETURNING *",
         account_id, paused, updated_by,
     )
 

@@ -122,5 +122,8 @@ async def set_paused(db: asyncpg.Pool, account_id: str, reason: str | None,
             "UPDATE account_runtime SET paused_reason = $2, paused_detail = $3, "
             "paused_at = CASE WHEN $2::text IS NULL THEN NULL ELSE now() END "
             "WHERE account_id = $1", account_id, reason, detail)
+        # An operator's pause outlives the sender's: only an operator's resume ends it.
         await connection.execute(
-            "UPDATE accounts SET paused = $2 WHERE id = $1", account_id, reason is not None)
+            "UPDATE accounts SET paused = CASE WHEN paused_by = 'operator' THEN true ELSE $2 END, "
+            "paused_by = CASE WHEN paused_by = 'operator' THEN 'operator' "
+            "WHEN $2 THEN 'sender' END WHERE id = $1", account_id, reason is not None)
