@@ -21,7 +21,7 @@ from shared.addresses import check_address
 from shared.messages import DeliveryRequest, Recipient
 from shared.templating import Template, missing_names, recipient_values
 
-_ALLOWED_HEADER = re.compile(r"^(X-[A-Za-z0-9-]+|List-Unsubscribe|List-Unsubscribe-Post)$",
+_ALLOWED_HEADER = re.compile(r"X-[A-Za-z0-9-]+|List-Unsubscribe|List-Unsubscribe-Post",
                              re.IGNORECASE)
 _ENCODED_WORD = re.compile(r"=\?[^?\s]+\?[bBqQ]\?[^?\s]*\?=")
 # Line breaks and every other control character (TAB aside), as the composer refuses them too:
@@ -81,10 +81,15 @@ def check_headers(request: DeliveryRequest) -> None:
     if not one_line(request.subject):
         raise Rejection(INVALID_REQUEST, "subject: a line break (also inside an encoded word) "
                         "is not allowed", request.delivery_id)
+    seen: set[str] = set()
     for name, value in request.headers.items():
-        if not _ALLOWED_HEADER.match(name):
+        if not _ALLOWED_HEADER.fullmatch(name):
             raise Rejection(INVALID_REQUEST, f"headers: {name!r} is not allowed (only X-*, "
                             "List-Unsubscribe, List-Unsubscribe-Post)", request.delivery_id)
+        if name.lower() in seen:
+            raise Rejection(INVALID_REQUEST, f"headers: {name} is given twice",
+                            request.delivery_id)
+        seen.add(name.lower())
         if not one_line(value):
             raise Rejection(INVALID_REQUEST, f"headers: the value of {name} has a line break",
                             request.delivery_id)

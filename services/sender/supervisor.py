@@ -58,6 +58,7 @@ class Supervisor:
         self._lock = asyncio.Lock()
         self._probes: dict[str, asyncio.Task] = {}
         self._tasks: set[asyncio.Task] = set()
+        self._pending_standby: set[str] = set()
         self._stopping = False
         self.started = False
 
@@ -111,6 +112,7 @@ class Supervisor:
                   if not row["paused"] and row["paused_reason"] is None}
         replicas = await self._live_replicas()
         later = []
+        pending = self._pending_standby
         async with self._lock:
             known = [only] if only is not None else list(self.workers)
             for account_id in known:
@@ -122,19 +124,34 @@ class Supervisor:
                     continue
                 if rendezvous_owner(account_id, replicas) in (None, self._settings.replica_id):
                     await self._subscribe(account_id)
-                else:
+                elif account_id not in pending:
                     later.append(account_id)
             for row in rows:  # connection pauses end by themselves once a probe succeeds
                 if row["paused_reason"] == "connect":
                     self._start_probe(str(row["id"]))
         if later:
+            pending.update(later)
             self._spawn(self._subscribe_later(later), "standby")
         metrics.CONSUMERS.set(sum(1 for w in self.workers.values() if w.consumer_tag))
 
     async def _subscribe_later(self, account_ids: list[str]) -> None:
-        await asyncio.sleep(STANDBY_DELAY_S)
+        """Standby subscriptions: after the owner has had its chance to become active."""
+        try:
+            await asyncio.sleep(STANDBY_DELAY_S)
+            await self._subscribe_standby(account_ids)
+        finally:
+            self._pending_standby.difference_update(account_ids)
+
+    async def _subscribe_standby(self, account_ids: list[str]) -> None:
         for account_id in account_ids:
-            await self.reconcile(only=account_id)
+            rows = [row for row in await ledger.live_accounts(self._pool)
+                    if str(row["id"]) == account_id]
+            async with self._lock:
+                worker = self.workers.get(account_id)
+                running = worker is not None and worker.consumer_tag is not None
+                wanted = rows and not rows[0]["paused"] and rows[0]["paused_reason"] is None
+                if wanted and not running and not self._stopping:
+                    await self._subscribe(account_id)
 
     async def _subscribe(self, account_id: str) -> None:
         account = await ledger.account(self._pool, account_id)

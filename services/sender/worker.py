@@ -170,12 +170,13 @@ class AccountWorker:
             await self._republish(job, row)
             await message.ack()
             return
-        composer, metadata = await self._composers.get(job.delivery_id, self.account)
         try:
+            composer, metadata = await self._composers.get(job.delivery_id, self.account)
             mail = composer.compose(email=job.email, name=job.name, vars=job.vars)
-        except ValueError as error:
-            await self._settle(message, job, metadata, "failed", None, f"not sendable: {error}",
-                               None, touched_server=False, stage="data", permanent=True)
+        except ValueError as error:  # a message that can never be written: never retried
+            await self._settle(message, job, row["metadata"], "failed", None,
+                               f"not sendable: {error}", None, touched_server=False,
+                               stage="data", permanent=True)
             return
 
         await self._wait_for_turn()
