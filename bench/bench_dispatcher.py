@@ -11,14 +11,15 @@ Needs a running stack: `make bench` starts one, or, by hand from the repo root,
   same exchange to a quorum queue with the account queues' arguments, with publisher confirms
   gathered 1,000 at a time (`publish_many`): what the broker takes from one Python client.
 
-Both run in the same process run on the same broker, each into an empty queue, after a small
-warm-up; with `--repeat N` they alternate and the medians are printed. Prints figures only;
-exits non-zero only on errors. The queues, the account and the deliveries it creates are
-removed at the end.
+Both run in the same run on the same broker, each into an empty queue, after a small warm-up;
+with `--repeat N` they alternate and the medians are printed. Prints figures only; exits
+non-zero only on errors. The queues, the account and the deliveries it creates are removed at
+the end. Other work on the machine shows in every figure: the load average is printed too.
 """
 
 import argparse
 import asyncio
+import functools
 import os
 import signal
 import socket
@@ -28,7 +29,7 @@ import sys
 import tempfile
 import time
 import uuid
-from collections.abc import Callable, Iterator
+from collections.abc import Awaitable, Callable, Iterator
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -94,10 +95,10 @@ def delivery_body(account_id: str, count: int) -> dict[str, Any]:
                         recipients=[recipient(i) for i in range(count)])
 
 
-def job_message(delivery_id: str, account_id: str, index: int, recipient: dict[str, Any],
-                job_id: str | None = None) -> aio_pika.Message:
+def job_message(delivery_id: str, account_id: str, index: int,
+                recipient: dict[str, Any]) -> aio_pika.Message:
     """A job exactly as services/dispatcher/fanout.py builds it."""
-    job = SendJob(job_id=job_id or f"{delivery_id}:{index}", delivery_id=delivery_id,
+    job = SendJob(job_id=f"{delivery_id}:{index}", delivery_id=delivery_id,
                   account_id=account_id, index=index, email=recipient["email"],
                   name=recipient["name"], vars=recipient["vars"])
     return make_message(job, message_id=job.job_id, type_="mail.send",
@@ -281,6 +282,12 @@ class Bench:
     async def set_up(self) -> None:
         await migrate_all(self.pool)
         await self.topology.declare(self.channel)
+        underlay = await self.channel.get_underlay_channel()
+        requests = await underlay.queue_declare(self.topology.requests_queue, passive=True)
+        if requests.consumer_count:
+            raise BenchError(f"{self.topology.requests_queue} already has "
+                             f"{requests.consumer_count} consumer(s): another dispatcher runs on "
+                             "this stack and would take the benchmark's requests")
         await self.events.start(self.channel, self.topology)
         self.account_id = await insert_account(self.pool)
         await self.topology.declare_account_queue(self.channel, self.account_id)
@@ -290,11 +297,12 @@ class Bench:
         await raw.bind(self.topology.send_exchange, routing_key=self.raw_key)
         self.queues.append(self.raw_key)
 
-    async def depth(self, name: str) -> int:
+    async def depth(self, name: str) -> tuple[int, int]:
+        """Messages and consumers of a queue, asked of the broker now."""
         underlay = await self.channel.get_underlay_channel()
         answer = await underlay.queue_declare(name, durable=True,
                                               arguments=self.topology.account_queue_arguments())
-        return answer.message_count or 0
+        return answer.message_count or 0, answer.consumer_count or 0
 
     async def purge(self, name: str) -> None:
         underlay = await self.channel.get_underlay_channel()
@@ -329,10 +337,12 @@ class Bench:
 
     async def expect_depth(self, queue: str, count: int) -> None:
         for _ in range(20):
-            if (found := await self.depth(queue)) == count:
+            found, consumers = await self.depth(queue)
+            if found == count:
                 return
             await asyncio.sleep(0.25)
-        raise BenchError(f"{queue} holds {found} messages, not {count}")
+        raise BenchError(f"{queue} holds {found} messages, not {count} ({consumers} consumers: "
+                         "is something else using this stack?)")
 
     async def dispatch(self, count: int) -> DispatcherRun:
         """One request of `count` recipients, from its confirm to delivery.accepted."""
@@ -358,8 +368,14 @@ class Bench:
         peak_rss = proc_status(pid)["VmHWM"]
 
         if arrival.event.get("type") != "delivery.accepted":
-            raise BenchError(f"the request was rejected: {arrival.event.get('reason')}: "
-                             f"{arrival.event.get('detail')}")
+            deleted = await self.pool.fetchval(
+                "SELECT deleted_at IS NOT NULL FROM accounts WHERE id = $1::uuid",
+                self.account_id)
+            raise BenchError(
+                f"the request was rejected: {arrival.event.get('reason')}: "
+                f"{arrival.event.get('detail')}" + (
+                    "\n(something else on this stack marked the benchmark's account deleted: "
+                    "another test run?)" if deleted else ""))
         if arrival.event.get("recipients") != count:
             raise BenchError(f"accepted with {arrival.event.get('recipients')} recipients, "
                              f"not {count}")
@@ -396,13 +412,22 @@ class Bench:
                                      + self.dispatcher.log_tail()) from None
 
     async def clean_up(self) -> None:
-        for name in self.queues:
-            await self.channel.queue_delete(name)
-        if self.delivery_ids:
-            await self.pool.execute("DELETE FROM deliveries WHERE delivery_id = ANY($1)",
-                                    self.delivery_ids)
+        """Best effort: a failure here is reported, and never hides the run's own error."""
+        steps: list[tuple[str, Callable[[], Awaitable[Any]]]] = [
+            (f"delete queue {name}", functools.partial(self.channel.queue_delete, name))
+            for name in self.queues
+        ]
+        steps.append(("delete the deliveries", functools.partial(
+            self.pool.execute, "DELETE FROM deliveries WHERE delivery_id = ANY($1)",
+            self.delivery_ids)))
         if self.account_id:
-            await self.pool.execute("DELETE FROM accounts WHERE id = $1::uuid", self.account_id)
+            steps.append(("delete the account", functools.partial(
+                self.pool.execute, "DELETE FROM accounts WHERE id = $1::uuid", self.account_id)))
+        for label, step in steps:
+            try:
+                await step()
+            except Exception as error:
+                print(f"clean-up: could not {label}: {error!r}", file=sys.stderr)
 
 
 # -- the same code in this process ----------------------------------------------------------
@@ -432,15 +457,21 @@ def local_costs(account_id: str) -> list[tuple[str, float]]:
 # -- the run --------------------------------------------------------------------------------
 
 
+def load_average() -> str:
+    """The 1-minute load average: other work on the machine shows in every figure."""
+    return f"{os.getloadavg()[0]:.2f}"
+
+
 def median(values: list[float]) -> float:
     return statistics.median(values)
 
 
 def report(raws: list[RawRun], runs: list[DispatcherRun], job_size: int, request_mb: float,
-           window: int, broker: str, local: list[tuple[str, float]]) -> None:
+           window: int, broker: str, local: list[tuple[str, float]], load: str) -> None:
     print(f"{RECIPIENTS:,} recipients, {len(runs)} run(s), RabbitMQ {broker}, fan-out window "
           f"{window:,}, raw confirms {CONFIRM_WINDOW:,} in flight")
-    print(f"request {request_mb:.1f} MB, one job {job_size:,} bytes\n")
+    print(f"request {request_mb:.1f} MB, one job {job_size:,} bytes; {os.cpu_count()} CPUs, "
+          f"load average {load}\n")
     header = (f"{'run':<7}{'raw jobs/s':>11}{'dispatcher rcpt/s':>19}{'ratio':>8}"
               f"{'peak RSS MB':>13}  | {'publish':>8}{'intake':>8}{'store':>8}{'fan-out':>9}"
               f"{'total':>8}{'disp CPU':>10}")
@@ -491,6 +522,7 @@ async def run(args: argparse.Namespace) -> None:
         _, job_size = bench.raw_job()
         request_mb = len(orjson.dumps(delivery_body(bench.account_id, RECIPIENTS))) / 1e6
 
+        load_before = load_average()
         print(f"warming up ({WARM_UP:,} of each) ...", file=sys.stderr)
         await bench.raw(WARM_UP)
         await bench.dispatch(WARM_UP)
@@ -506,7 +538,8 @@ async def run(args: argparse.Namespace) -> None:
             print(f"run {number} of {args.repeat}: dispatcher ...", file=sys.stderr)
             runs.append(await bench.dispatch(RECIPIENTS))
         local = local_costs(bench.account_id)
-        report(raws, runs, job_size, request_mb, dispatcher.fanout_window, broker, local)
+        load = f"{load_before} before, {load_average()} after"
+        report(raws, runs, job_size, request_mb, dispatcher.fanout_window, broker, local, load)
     finally:
         await dispatcher.stop()
         try:
