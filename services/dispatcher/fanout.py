@@ -30,7 +30,9 @@ class Unroutable(Exception):
 
 
 class FanOut:
-    def __init__(self, channel: AbstractChannel, topology: Topology, window: int) -> None:
+    def __init__(self, connection: AbstractConnection, channel: AbstractChannel,
+                 topology: Topology, window: int) -> None:
+        self._connection = connection
         self._channel = channel
         self._topology = topology
         self._window = window
@@ -42,7 +44,8 @@ class FanOut:
     @classmethod
     async def open(cls, connection: AbstractConnection, topology: Topology,
                    window: int) -> "FanOut":
-        return cls(await connection.channel(publisher_confirms=False), topology, window)
+        return cls(connection, await connection.channel(publisher_confirms=False), topology,
+                   window)
 
     def _on_return(self, _channel: Any, message: aio_pika.abc.AbstractIncomingMessage) -> None:
         if message.message_id:
@@ -52,12 +55,25 @@ class FanOut:
         """Publishes the jobs of every recipient not yet queued; returns how many."""
         if self._exchange is None:
             self._exchange = await self._channel.get_exchange(self._topology.send_exchange)
-        await self._topology.declare_account_queue(self._channel, account_id)
+        await self._require_queue(account_id)
         pending = await repository.not_queued(db, delivery_id)
         for start in range(0, len(pending), self._window):
             window = pending[start:start + self._window]
             await self._publish_window(db, delivery_id, account_id, window)
         return len(pending)
+
+    async def _require_queue(self, account_id: str) -> None:
+        """config_svc declares an account's queue; the dispatcher only checks that it is there
+        (a passive declare needs no permission: it may not read account queues). A missing
+        queue fails the request for now; it is tried again, then dead-lettered."""
+        channel = await self._connection.channel()
+        try:
+            await channel.declare_queue(self._topology.account_queue(account_id), passive=True)
+        except aio_pika.exceptions.ChannelNotFoundEntity:
+            raise Unroutable(f"no queue for account {account_id}") from None
+        finally:
+            if not channel.is_closed:
+                await channel.close()
 
     async def _publish_window(self, db: asyncpg.Connection, delivery_id: str, account_id: str,
                               rows: Sequence[Any]) -> None:

@@ -70,8 +70,8 @@ async def list_accounts(pool: asyncpg.Pool, connection: AbstractConnection, topo
                         account_ids: Sequence[str] = ()) -> list[AccountStatus]:
     """Live accounts (all, or those named), with their queue depth asked of the broker now.
 
-    The depth is read by declaring the account's queue (`Topology.account_queue_depth`), which
-    creates the queue of a live account that has none yet, as the sender would."""
+    The depth comes from a passive declare, which needs no permission on the queue and
+    creates nothing; a missing queue is reported as such."""
     ids = [check_account_id(value) for value in account_ids] or None
     try:
         rows = await pool.fetch(_STATUS, ids)
@@ -90,8 +90,12 @@ async def list_accounts(pool: asyncpg.Pool, connection: AbstractConnection, topo
             account_id = str(row["id"])
             depth, error = None, None
             try:
-                depth = await topology.account_queue_depth(channel, account_id)
-            except Exception as failure:  # e.g. a queue declared with other arguments
+                underlay = await channel.get_underlay_channel()
+                declared = await underlay.queue_declare(
+                    topology.account_queue(account_id), passive=True)
+                depth = declared.message_count or 0
+            except Exception as failure:  # no queue: the broker closed this channel
+
                 error = f"{type(failure).__name__}: {failure}"
             paused_reason = row["paused_reason"] or ("operator" if row["paused"] else None)
             statuses.append(AccountStatus(

@@ -361,7 +361,11 @@ class DeadQueue:
             self._settled.add(letter.position)
             if letter.delivery_count >= RENEW_AT:
                 try:
-                    await publish(self._channel.default_exchange, self._topology.dead_queue,
+                    # Through the mail.dead exchange, not the default one: mail-ops may
+                    # write only to the project's exchanges.
+                    dead = await self._channel.get_exchange(self._topology.dead_exchange,
+                                                            ensure=False)
+                    await publish(dead, self._topology.dead_queue,
                                   replay_copy(letter.message, keep_bookkeeping=True))
                 except Exception:  # give the old copy back rather than lose anything
                     await letter.message.nack(requeue=True)
