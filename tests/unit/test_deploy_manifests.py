@@ -63,7 +63,9 @@ SERVICES: dict[str, tuple[type[BaseSettings], str, int, int]] = {
     "sender": (SenderSettings, "services.sender", 3, 8082),
 }
 MIGRATION_ORDER = ["services.config_svc", "services.dispatcher", "services.sender"]
-SECRET_SETTINGS = {"MAIL_JWT_SECRET", "MAIL_FERNET_KEYS", "MAIL_AMQP_URL", "MAIL_POSTGRES_DSN"}
+SECRET_SETTINGS = {"MAIL_JWT_SECRET", "MAIL_FERNET_KEYS", "MAIL_POSTGRES_DSN"}
+# Each Deployment takes its MAIL_AMQP_URL (its own RabbitMQ user) from one of these keys.
+AMQP_URL_KEYS = {"amqp-url-config-svc", "amqp-url-dispatcher", "amqp-url-sender"}
 
 
 def rel(path: Path) -> str:
@@ -400,7 +402,7 @@ def test_the_settings_of_the_manifests_are_settings_of_the_services() -> None:
     assert not set(settings) & SECRET_SETTINGS, "secrets belong in the Secret"
     for overlay in OVERLAYS:
         for secret in of_kind(render(overlay), "Secret").values():
-            assert set(secret_data(secret)) == SECRET_SETTINGS, rel(overlay)
+            assert set(secret_data(secret)) == SECRET_SETTINGS | AMQP_URL_KEYS, rel(overlay)
     for resource in render(BASE):
         for container in containers(resource):
             names = set(env_of(container))
@@ -408,6 +410,8 @@ def test_the_settings_of_the_manifests_are_settings_of_the_services() -> None:
     # Every value of the ConfigMap, with each Deployment's own, is valid for its service.
     for name, deployment in of_kind(render(BASE), "Deployment").items():
         container = deployment["spec"]["template"]["spec"]["containers"][0]
+        amqp = env_of(container)["MAIL_AMQP_URL"]
+        assert amqp == {"secretKeyRef": {"name": "mail-secrets", "key": f"amqp-url-{name}"}}
         literal = {k: v for k, v in env_of(container).items() if isinstance(v, str)}
         build_settings(SERVICES[name][0], {**settings, **literal})
 
