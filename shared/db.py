@@ -107,6 +107,17 @@ async def migrate(connection: asyncpg.Connection, service: str, folder: Path) ->
     return applied_now
 
 
+async def migrate_service(dsn: str, service: str, folder: Path) -> list[int]:
+    """`python -m services.<name> migrate`: one connection, the service's migrations."""
+    connection = await asyncpg.connect(dsn)
+    try:
+        applied = await migrate(connection, service, folder)
+    finally:
+        await connection.close()
+    log.info("migrations done", service=service, applied=applied)
+    return applied
+
+
 async def require_schema(connection: asyncpg.Connection, service: str, folder: Path) -> None:
     """Refuse to run on a schema older than this code needs, with a clear message."""
     needed = max((m.version for m in find_migrations(folder)), default=0)

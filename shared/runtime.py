@@ -5,8 +5,22 @@ import os
 import signal
 
 import structlog
+from pydantic import SecretStr
+
+from shared.logging import configure_logging, register_secret
+from shared.settings import ServiceSettings
 
 log = structlog.get_logger(__name__)
+
+
+def start_logging(settings: ServiceSettings) -> None:
+    """Logging as the settings say, with every secret setting scrubbed from every line."""
+    configure_logging(settings.log_level, settings.log_format)
+    for name in type(settings).model_fields:
+        value = getattr(settings, name)
+        if isinstance(value, SecretStr):
+            for part in value.get_secret_value().split(","):  # key lists too
+                register_secret(part.strip())
 
 
 def stop_on_signals() -> asyncio.Event:

@@ -7,24 +7,14 @@ import sys
 import structlog
 
 from services.config_svc import repository
-from services.config_svc.main import MIGRATIONS, SERVICE, serve, setup
+from services.config_svc.main import MIGRATIONS, SERVICE, serve
 from services.config_svc.settings import ConfigSettings
 from shared.auth import ADMIN_ROLE, issue_token
 from shared.crypto import SecretBox
-from shared.db import create_pool, migrate
+from shared.db import create_pool, migrate_service
+from shared.runtime import start_logging
 
 log = structlog.get_logger(__name__)
-
-
-async def run_migrations(settings: ConfigSettings) -> None:
-    pool = await create_pool(settings.postgres_dsn.get_secret_value(), 1)
-    try:
-        async with pool.acquire() as db:
-            applied = await migrate(db, SERVICE, MIGRATIONS)
-        log.info("migrations done", service=SERVICE, applied=applied)
-    finally:
-        await pool.close()
-
 
 async def rotate_keys(settings: ConfigSettings) -> int:
     """Re-encrypts every stored password with the newest key, in one transaction."""
@@ -67,9 +57,10 @@ def main(argv: list[str] | None = None) -> None:
         print(issue_token(settings.jwt_secret.get_secret_value(), args.sub,
                           [ADMIN_ROLE] if args.admin else [], args.ttl))
         return
-    setup(settings)
+    start_logging(settings)
     if args.command == "migrate":
-        asyncio.run(run_migrations(settings))
+        dsn = settings.postgres_dsn.get_secret_value()
+        asyncio.run(migrate_service(dsn, SERVICE, MIGRATIONS))
     elif args.command == "rotate-keys":
         asyncio.run(rotate_keys(settings))
     else:

@@ -15,7 +15,6 @@ from shared.auth import TokenVerifier
 from shared.crypto import SecretBox
 from shared.db import create_pool, require_schema
 from shared.http import Health, HttpServer
-from shared.logging import configure_logging, register_secret
 from shared.runtime import stop_on_signals
 from shared.smtp import client_ssl_context
 from shared.topology import Topology, open_confirmed_channel
@@ -24,12 +23,6 @@ SERVICE = "config_svc"
 MIGRATIONS = Path(__file__).parent / "migrations"
 log = structlog.get_logger(__name__)
 
-
-def setup(settings: ConfigSettings) -> None:
-    configure_logging(settings.log_level, settings.log_format)
-    for secret in (settings.amqp_url, settings.postgres_dsn, settings.jwt_secret):
-        if secret is not None:
-            register_secret(secret.get_secret_value())
 
 
 async def serve(settings: ConfigSettings) -> None:

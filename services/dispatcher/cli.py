@@ -3,23 +3,10 @@
 import argparse
 import asyncio
 
-import structlog
-
-from services.dispatcher.main import MIGRATIONS, SERVICE, serve, setup
+from services.dispatcher.main import MIGRATIONS, SERVICE, serve
 from services.dispatcher.settings import DispatcherSettings
-from shared.db import create_pool, migrate
-
-log = structlog.get_logger(__name__)
-
-
-async def run_migrations(settings: DispatcherSettings) -> None:
-    pool = await create_pool(settings.postgres_dsn.get_secret_value(), 1)
-    try:
-        async with pool.acquire() as db:
-            applied = await migrate(db, SERVICE, MIGRATIONS)
-        log.info("migrations done", service=SERVICE, applied=applied)
-    finally:
-        await pool.close()
+from shared.db import migrate_service
+from shared.runtime import start_logging
 
 
 def main(argv: list[str] | None = None) -> None:
@@ -29,5 +16,9 @@ def main(argv: list[str] | None = None) -> None:
     commands.add_parser("migrate", help="apply the database migrations")
     args = parser.parse_args(argv)
     settings = DispatcherSettings()
-    setup(settings)
-    asyncio.run(run_migrations(settings) if args.command == "migrate" else serve(settings))
+    start_logging(settings)
+    if args.command == "migrate":
+        dsn = settings.postgres_dsn.get_secret_value()
+        asyncio.run(migrate_service(dsn, SERVICE, MIGRATIONS))
+    else:
+        asyncio.run(serve(settings))

@@ -13,7 +13,6 @@ from services.dispatcher.settings import DispatcherSettings
 from shared.auth import TokenVerifier
 from shared.db import create_pool, require_schema
 from shared.http import Health, HttpServer
-from shared.logging import configure_logging, register_secret
 from shared.runtime import stop_on_signals
 from shared.topology import EventPublisher, Topology, open_confirmed_channel
 
@@ -22,12 +21,6 @@ MIGRATIONS = Path(__file__).parent / "migrations"
 ACCOUNTS_MIGRATIONS = Path(__file__).parents[1] / "config_svc" / "migrations"
 log = structlog.get_logger(__name__)
 
-
-def setup(settings: DispatcherSettings) -> None:
-    configure_logging(settings.log_level, settings.log_format)
-    for secret in (settings.amqp_url, settings.postgres_dsn, settings.jwt_secret):
-        if secret is not None:
-            register_secret(secret.get_secret_value())
 
 
 async def serve(settings: DispatcherSettings) -> None:

@@ -10,7 +10,6 @@ from services.sender.supervisor import Supervisor
 from shared.crypto import SecretBox
 from shared.db import create_pool, require_schema
 from shared.http import Health, HttpServer, health_app
-from shared.logging import configure_logging, register_secret
 from shared.runtime import stop_on_signals
 from shared.smtp import client_ssl_context
 from shared.topology import EventPublisher, Topology, open_confirmed_channel
@@ -24,11 +23,6 @@ NEEDED = {
 }
 log = structlog.get_logger(__name__)
 
-
-def setup(settings: SenderSettings) -> None:
-    configure_logging(settings.log_level, settings.log_format)
-    for secret in (settings.amqp_url, settings.postgres_dsn):
-        register_secret(secret.get_secret_value())
 
 
 async def serve(settings: SenderSettings) -> None:
