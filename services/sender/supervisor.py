@@ -160,12 +160,7 @@ class Supervisor:
         await ledger.ensure_runtime(self._pool, account_id)
         worker = self.workers.get(account_id)
         if worker is None:
-            worker = AccountWorker(
-                account, pool=self._pool, settings=self._settings, box=self._box,
-                ssl_context=self._ssl_context, topology=self._topology, events=self._events,
-                publish_channel=self._publish_channel, composers=self._composers,
-                on_pause=self._on_pause)
-            self.workers[account_id] = worker
+            worker = await self._worker_for(account)
         else:
             await worker.update(account)
         channel = await self._channel_with_room()
