@@ -1,5 +1,6 @@
 """The sender's composition root: settings, connections, supervisor, probes."""
 
+import gc
 from pathlib import Path
 
 import aio_pika
@@ -51,6 +52,9 @@ async def serve(settings: SenderSettings) -> None:
             stop = stop_on_signals()
             await server.start()
             await supervisor.start()
+            # What exists now lives as long as the process: keep the collector's full passes
+            # off it (they paused the sender ~95 ms every few seconds at 500 mails/s).
+            gc.freeze()
             log.info("sender ready", replica=settings.replica_id,
                      accounts=len(supervisor.workers))
             await stop.wait()

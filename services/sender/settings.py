@@ -13,6 +13,9 @@ def _default_replica_id() -> str:
 
 class SenderSettings(ServiceSettings):
     http_port: int = Field(8082, ge=1, le=65535, description="Port of the sender's probes.")
+    # Each mail takes a connection three times (row, lease, outcome): at 500 mails/s a pool of
+    # 10 runs dry and every account's next send is late (docs/benchmarks.md).
+    db_pool_max: int = Field(40, ge=1, description="Largest number of PostgreSQL connections.")
     fernet_keys: SecretStr = Field(
         SecretStr(""), description="Comma-separated Fernet keys, newest first."
     )

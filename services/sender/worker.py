@@ -57,7 +57,7 @@ def stable_event_id(*parts: object) -> str:
 class Composers:
     """Per-delivery composers (the parts common to a delivery built once), most recent kept."""
 
-    def __init__(self, pool: asyncpg.Pool, size: int = 64) -> None:
+    def __init__(self, pool: asyncpg.Pool, size: int = 1024) -> None:
         self._pool = pool
         self._size = size
         self._cache: OrderedDict[str, tuple[Composer, dict]] = OrderedDict()
