@@ -100,14 +100,16 @@ async def start_sender(dispatcher: Dispatcher, amqp: AbstractRobustConnection,
                          "AND deleted_at IS NULL", dispatcher.account_id)
     stacks: list[SenderStack] = []
 
-    async def start() -> SenderStack:
+    async def start(**changes: Any) -> SenderStack:
+        """A sender with the fixture's settings, changed by `changes` (e.g. smtp_ca_file)."""
         settings = sender_settings(amqp_url, postgres_dsn, f"{unique}-{len(stacks)}",
-                                   **sender_overrides)
+                                   **{**sender_overrides, **changes})
         events = await dispatcher.channel.declare_queue(exclusive=True)
         for key in ("mail.*", "account.*", "delivery.completed"):
             await events.bind(dispatcher.topology.events_exchange, routing_key=key)
         supervisor = Supervisor(
-            amqp, dispatcher.pool, settings, SecretBox([KEY]), client_ssl_context(),
+            amqp, dispatcher.pool, settings, SecretBox([KEY]),
+            client_ssl_context(settings.smtp_ca_file),
             dispatcher.topology, EventPublisher(dispatcher.channel, dispatcher.topology),
             dispatcher.channel)
         await supervisor.start()

@@ -6,23 +6,15 @@ import base64
 import email
 import email.policy
 import uuid
-from collections.abc import AsyncIterator
 from typing import Any
 
 import orjson
 import pytest
-from aio_pika.abc import AbstractRobustConnection
 
-from services.sender.main import MIGRATIONS
-from services.sender.supervisor import Supervisor
-from shared.crypto import SecretBox
-from shared.db import migrate
 from shared.messages import SendJob
-from shared.smtp import client_ssl_context
-from shared.topology import EventPublisher, make_message, publish
-from tests.integration.accounts_fixtures import KEY
+from shared.topology import make_message, publish
 from tests.integration.dispatcher_fixtures import Dispatcher, request_body
-from tests.integration.sender_fixtures import SenderStack, configure_account, sender_settings
+from tests.integration.sender_fixtures import SenderStack, configure_account
 from tests.support.certs import Certs, certs_fixture  # noqa: F401 - a fixture
 from tests.support.smtp_servers import (
     SmtpTestServer,
@@ -34,37 +26,6 @@ from tests.support.smtp_servers import (
 USER = "news@shop.example.com"
 PASSWORD = "tls-only-password"
 VICTIM = "victim@example.com"
-
-
-@pytest.fixture
-async def start_tls_sender(dispatcher: Dispatcher, amqp: AbstractRobustConnection,
-                           amqp_url: str, postgres_dsn: str,
-                           unique: str) -> AsyncIterator[Any]:
-    """Like `start_sender`, with the CA the sender trusts as a parameter (`ca_file`)."""
-    async with dispatcher.pool.acquire() as db:
-        await migrate(db, "sender", MIGRATIONS)
-        await db.execute("UPDATE accounts SET deleted_at = now() WHERE id <> $1 "
-                         "AND deleted_at IS NULL", dispatcher.account_id)
-    stacks: list[SenderStack] = []
-
-    async def start(ca_file: str | None = None) -> SenderStack:
-        settings = sender_settings(amqp_url, postgres_dsn, f"{unique}-{len(stacks)}",
-                                   smtp_ca_file=ca_file)
-        events = await dispatcher.channel.declare_queue(exclusive=True)
-        for key in ("mail.*", "account.*", "delivery.completed"):
-            await events.bind(dispatcher.topology.events_exchange, routing_key=key)
-        supervisor = Supervisor(
-            amqp, dispatcher.pool, settings, SecretBox([KEY]), client_ssl_context(ca_file),
-            dispatcher.topology, EventPublisher(dispatcher.channel, dispatcher.topology),
-            dispatcher.channel)
-        await supervisor.start()
-        stack = SenderStack(dispatcher, supervisor, settings, events, [])
-        stacks.append(stack)
-        return stack
-
-    yield start
-    for stack in stacks:
-        await stack.supervisor.stop(10)
 
 
 def recipients(emails: list[str]) -> list[dict]:
@@ -104,10 +65,10 @@ def bcc_lines(data: bytes) -> list[bytes]:
 
 
 async def test_a_server_hiding_starttls_pauses_the_account_and_never_sees_the_password(
-    start_tls_sender: Any,
+    start_sender: Any,
 ) -> None:
     async with hidden_starttls_server({USER: PASSWORD}) as server:
-        stack: SenderStack = await start_tls_sender()
+        stack: SenderStack = await start_sender()
         await use_server(stack, server, tls="starttls", smtp_auth=True, smtp_username=USER,
                          smtp_password=PASSWORD)
         body = request_body(account_id=stack.account_id,
@@ -132,10 +93,10 @@ async def test_a_server_hiding_starttls_pauses_the_account_and_never_sees_the_pa
 
 
 async def test_implicit_tls_with_the_trusted_ca_logs_in_and_sends(
-    start_tls_sender: Any, certs: Certs,
+    start_sender: Any, certs: Certs,
 ) -> None:
     async with implicit_tls_server(certs, {USER: PASSWORD}) as server:
-        stack: SenderStack = await start_tls_sender(ca_file=certs.ca_file)
+        stack: SenderStack = await start_sender(smtp_ca_file=certs.ca_file)
         await use_server(stack, server, tls="ssl", smtp_auth=True, smtp_username=USER,
                          smtp_password=PASSWORD)
         body = request_body(account_id=stack.account_id,
@@ -152,10 +113,10 @@ async def test_implicit_tls_with_the_trusted_ca_logs_in_and_sends(
 
 
 async def test_implicit_tls_with_a_certificate_nobody_vouches_for_pauses_the_account(
-    start_tls_sender: Any, certs: Certs,
+    start_sender: Any, certs: Certs,
 ) -> None:
     async with implicit_tls_server(certs, {USER: PASSWORD}) as server:
-        stack: SenderStack = await start_tls_sender()  # the system's CAs only
+        stack: SenderStack = await start_sender()  # the system's CAs only
         await use_server(stack, server, tls="ssl", smtp_auth=True, smtp_username=USER,
                          smtp_password=PASSWORD)
         body = request_body(account_id=stack.account_id,
@@ -178,10 +139,10 @@ IDN_DOMAIN = "user@例え.jp"  # ASCII local part: goes as xn--, no SMTPUTF8 nee
 
 
 async def test_a_utf8_address_goes_with_smtputf8_to_a_server_that_offers_it(
-    start_tls_sender: Any,
+    start_sender: Any,
 ) -> None:
     async with smtp_server(smtputf8=True) as server:
-        stack: SenderStack = await start_tls_sender()
+        stack: SenderStack = await start_sender()
         await use_server(stack, server)
         body = request_body(account_id=stack.account_id,
                             recipients=recipients([UTF8_LOCAL, "a@example.com", IDN_DOMAIN]))
@@ -203,10 +164,10 @@ async def test_a_utf8_address_goes_with_smtputf8_to_a_server_that_offers_it(
 
 
 async def test_a_utf8_address_fails_alone_and_for_good_without_smtputf8(
-    start_tls_sender: Any,
+    start_sender: Any,
 ) -> None:
     async with smtp_server(smtputf8=False) as server:
-        stack: SenderStack = await start_tls_sender()
+        stack: SenderStack = await start_sender()
         await use_server(stack, server)
         body = request_body(account_id=stack.account_id,
                             recipients=recipients(["a@example.com", UTF8_LOCAL, IDN_DOMAIN]))
@@ -280,10 +241,10 @@ LONG_SUBJECT = ("【重要】十一月の定期メンテナンスと新しいお
 
 
 async def test_header_injection_is_refused_before_anything_reaches_the_wire(
-    start_tls_sender: Any,
+    start_sender: Any,
 ) -> None:
     async with smtp_server() as server:
-        stack: SenderStack = await start_tls_sender()
+        stack: SenderStack = await start_sender()
         await use_server(stack, server)
         bad = injected_requests(stack.account_id)
         for body in bad.values():
@@ -326,12 +287,12 @@ async def test_header_injection_is_refused_before_anything_reaches_the_wire(
     {"X-Campaign": "nov", "x-campaign": f"Bcc: {VICTIM}"},  # one header twice
 ], ids=["name with a line break", "name twice"])
 async def test_custom_headers_the_composer_cannot_write_are_refused_by_the_dispatcher(
-    start_tls_sender: Any, headers: dict[str, str],
+    start_sender: Any, headers: dict[str, str],
 ) -> None:
     """Whatever the dispatcher accepts, the sender must be able to compose: a header it
     refuses to write fails the delivery's every job, again and again."""
     async with smtp_server() as server:
-        stack: SenderStack = await start_tls_sender()
+        stack: SenderStack = await start_sender()
         await use_server(stack, server)
         body = request_body(account_id=stack.account_id, headers=headers,
                             recipients=recipients(["a@example.com"]))
@@ -360,10 +321,10 @@ async def test_custom_headers_the_composer_cannot_write_are_refused_by_the_dispa
       "vars": {"plan": "gold"}}),
 ], ids=["var", "name"])
 async def test_an_encoded_word_assembled_from_template_and_value_never_becomes_a_header(
-    start_tls_sender: Any, subject: str, recipient: dict,
+    start_sender: Any, subject: str, recipient: dict,
 ) -> None:
     async with smtp_server() as server:
-        stack: SenderStack = await start_tls_sender()
+        stack: SenderStack = await start_sender()
         await use_server(stack, server)
         body = request_body(account_id=stack.account_id, subject=subject,
                             recipients=[recipient])
@@ -387,12 +348,12 @@ async def test_an_encoded_word_assembled_from_template_and_value_never_becomes_a
 
 
 async def test_a_forged_job_that_bypasses_the_dispatcher_cannot_inject_headers(
-    start_tls_sender: Any,
+    start_sender: Any,
 ) -> None:
     """Jobs carry the recipient's name and vars themselves: whoever can publish to
     `mail.send` skips the dispatcher's checks. The composer must still refuse or neutralise."""
     async with smtp_server() as server:
-        stack: SenderStack = await start_tls_sender()
+        stack: SenderStack = await start_sender()
         await use_server(stack, server)
         pool = stack.dispatcher.pool
         delivery_id = f"forged-{uuid.uuid4().hex[:12]}"
