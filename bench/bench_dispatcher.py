@@ -22,7 +22,6 @@ import asyncio
 import functools
 import os
 import signal
-import socket
 import statistics
 import subprocess
 import sys
@@ -42,6 +41,7 @@ import httpx
 import orjson
 from aio_pika.abc import AbstractChannel, AbstractConnection, AbstractIncomingMessage
 
+from bench.procstats import cpu_seconds, free_port, proc_status
 from services.dispatcher.decode import decode_request
 from services.dispatcher.settings import DispatcherSettings
 from services.dispatcher.validate import prepare
@@ -106,28 +106,6 @@ def job_message(delivery_id: str, account_id: str, index: int,
 
 
 # -- the dispatcher process -----------------------------------------------------------------
-
-
-def free_port() -> int:
-    with socket.socket() as sock:
-        sock.bind(("127.0.0.1", 0))
-        return sock.getsockname()[1]
-
-
-def proc_status(pid: int) -> dict[str, int]:
-    """VmRSS, VmHWM, ... of /proc/<pid>/status, in kB."""
-    values = {}
-    for line in Path(f"/proc/{pid}/status").read_text().splitlines():
-        key, _, rest = line.partition(":")
-        if rest.strip().endswith(" kB"):
-            values[key] = int(rest.split()[0])
-    return values
-
-
-def cpu_seconds(pid: int) -> float:
-    """User plus system CPU time of a process, from /proc/<pid>/stat."""
-    fields = Path(f"/proc/{pid}/stat").read_text().rpartition(")")[2].split()
-    return (int(fields[11]) + int(fields[12])) / os.sysconf("SC_CLK_TCK")
 
 
 class DispatcherProcess:

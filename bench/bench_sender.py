@@ -58,7 +58,8 @@ import httpx
 import orjson
 from aio_pika.abc import AbstractChannel, AbstractIncomingMessage, AbstractQueue
 
-from bench.smtp_sink import SmtpSink, SmtpSinkError, free_port
+from bench.procstats import cpu_seconds, free_port, proc_status
+from bench.smtp_sink import SmtpSink, SmtpSinkError
 from services.config_svc.main import MIGRATIONS as ACCOUNTS_MIGRATIONS
 from services.dispatcher.main import MIGRATIONS as DISPATCHER_MIGRATIONS
 from services.sender import ledger
@@ -159,22 +160,6 @@ def percentile(values: list[float], p: float) -> float:
         return math.nan
     ordered = sorted(values)
     return ordered[max(0, math.ceil(p / 100 * len(ordered)) - 1)]
-
-
-def proc_status(pid: int) -> dict[str, int]:
-    """VmRSS, VmHWM, ... of /proc/<pid>/status, in kB."""
-    values = {}
-    for line in Path(f"/proc/{pid}/status").read_text().splitlines():
-        key, _, rest = line.partition(":")
-        if rest.strip().endswith(" kB"):
-            values[key] = int(rest.split()[0])
-    return values
-
-
-def cpu_seconds(pid: int) -> float:
-    """utime + stime of a process, from /proc/<pid>/stat."""
-    fields = Path(f"/proc/{pid}/stat").read_text().rpartition(")")[2].split()
-    return (int(fields[11]) + int(fields[12])) / os.sysconf("SC_CLK_TCK")
 
 
 def machine_cpu() -> tuple[float, float]:

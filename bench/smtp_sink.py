@@ -23,7 +23,9 @@ import time
 from pathlib import Path
 from types import TracebackType
 
-__all__ = ["SmtpSink", "SmtpSinkError", "ensure_installed", "free_port", "smtp_sink_path"]
+from bench.procstats import free_port
+
+__all__ = ["SmtpSink", "SmtpSinkError", "ensure_installed", "smtp_sink_path"]
 
 _CANDIDATES = ("/usr/sbin/smtp-sink", "/usr/local/sbin/smtp-sink")
 _DEBCONF = "postfix postfix/main_mailer_type select No configuration\n"
@@ -32,12 +34,6 @@ _APT_LOCK_WAIT_S = 300
 
 class SmtpSinkError(Exception):
     """smtp-sink could not be installed, started or reached."""
-
-
-def free_port() -> int:
-    with socket.socket() as sock:
-        sock.bind(("127.0.0.1", 0))
-        return sock.getsockname()[1]
 
 
 def smtp_sink_path() -> str | None:
