@@ -8,13 +8,13 @@ import structlog
 
 from services.config_svc.accounts import AccountService, TestMailConfig
 from services.config_svc.api import create_app
-from services.config_svc.outbox import OutboxRelay
 from services.config_svc.queues import AccountQueues
 from services.config_svc.settings import ConfigSettings
 from shared.auth import TokenVerifier
 from shared.crypto import SecretBox
 from shared.db import create_pool, require_schema
 from shared.http import Health, HttpServer
+from shared.outbox import OutboxRelay
 from shared.runtime import stop_on_signals
 from shared.smtp import client_ssl_context
 from shared.topology import Topology, open_confirmed_channel
@@ -40,7 +40,7 @@ async def serve(settings: ConfigSettings) -> None:
             api_channel = await open_confirmed_channel(connection)
             await topology.declare(api_channel)
             relay = OutboxRelay(pool, await open_confirmed_channel(connection), topology,
-                                settings.outbox_poll_s)
+                                table="account_outbox", poll_s=settings.outbox_poll_s)
             service = AccountService(
                 pool, box, AccountQueues(api_channel, topology), relay.wake,
                 TestMailConfig(client_ssl_context(settings.smtp_ca_file),

@@ -130,16 +130,3 @@ async def add_event(db: asyncpg.Connection, event: Event) -> None:
         "INSERT INTO account_outbox (routing_key, event_id, body) VALUES ($1, $2, $3)",
         event.type, event.event_id, event.model_dump(mode="json"),  # type: ignore[attr-defined]
     )
-
-
-async def take_events(db: asyncpg.Connection, limit: int) -> list[asyncpg.Record]:
-    """The oldest unpublished events, locked so that two replicas never publish the same."""
-    return await db.fetch(
-        "SELECT id, routing_key, event_id, body FROM account_outbox ORDER BY id "
-        "LIMIT $1 FOR UPDATE SKIP LOCKED",
-        limit,
-    )
-
-
-async def forget_events(db: asyncpg.Connection, ids: Sequence[int]) -> None:
-    await db.execute("DELETE FROM account_outbox WHERE id = ANY($1::bigint[])", list(ids))

@@ -13,10 +13,10 @@ from aio_pika.abc import AbstractChannel, AbstractConnection
 
 from services.config_svc import repository
 from services.config_svc.accounts import AccountService, NotFound, TestMailConfig
-from services.config_svc.outbox import OutboxRelay
 from services.config_svc.queues import AccountQueues
 from shared.auth import ADMIN_ROLE, User
 from shared.crypto import SecretBox
+from shared.outbox import OutboxRelay
 from shared.smtp import client_ssl_context
 from shared.topology import Topology, open_confirmed_channel
 
@@ -145,7 +145,8 @@ async def set_paused(pool: asyncpg.Pool, connection: AbstractConnection, topolog
             account = await service.set_paused(account_id, paused, user)
         except NotFound:
             raise OpsError(f"no live account {account_id}") from None
-        published = await OutboxRelay(pool, channel, topology, poll_s=1).drain()
+        published = await OutboxRelay(pool, channel, topology, table="account_outbox",
+                                      poll_s=1).drain()
     finally:
         with contextlib.suppress(Exception):
             await channel.close()

@@ -16,12 +16,12 @@ from aio_pika.abc import AbstractChannel, AbstractQueue, AbstractRobustConnectio
 from services.config_svc.accounts import AccountService, TestMailConfig
 from services.config_svc.api import create_app
 from services.config_svc.main import MIGRATIONS, SERVICE
-from services.config_svc.outbox import OutboxRelay
 from services.config_svc.queues import AccountQueues
 from shared.auth import ADMIN_ROLE, TokenVerifier, issue_token
 from shared.crypto import SecretBox
 from shared.db import migrate
 from shared.http import Health
+from shared.outbox import OutboxRelay
 from shared.smtp import client_ssl_context
 from shared.topology import Topology, open_confirmed_channel
 
@@ -82,7 +82,8 @@ class AccountsApi:
 
 async def start_relay(pool: asyncpg.Pool, connection: AbstractRobustConnection) -> tuple[
         OutboxRelay, asyncio.Task]:
-    relay = OutboxRelay(pool, await open_confirmed_channel(connection), TOPOLOGY, poll_s=0.2)
+    relay = OutboxRelay(pool, await open_confirmed_channel(connection), TOPOLOGY,
+                        table="account_outbox", poll_s=0.2)
     return relay, asyncio.create_task(relay.run())
 
 
