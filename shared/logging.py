@@ -84,7 +84,9 @@ def configure_logging(level: str = "info", fmt: str = "auto", stream: TextIO | N
     final.append(_scrub_rendered)
 
     structlog.configure(
-        processors=[*pre_chain, structlog.stdlib.ProcessorFormatter.wrap_for_formatter],
+        # Lines below the level are dropped first, before the chain builds them.
+        processors=[structlog.stdlib.filter_by_level, *pre_chain,
+                    structlog.stdlib.ProcessorFormatter.wrap_for_formatter],
         logger_factory=structlog.stdlib.LoggerFactory(),
         wrapper_class=structlog.stdlib.BoundLogger,
         cache_logger_on_first_use=False,

@@ -1,6 +1,7 @@
 """The sender's reads and writes: stored deliveries, the recipient rows (the ledger), pacing."""
 
 from dataclasses import dataclass
+from datetime import timedelta
 from typing import Any
 
 import asyncpg
@@ -19,6 +20,7 @@ class Recorded:
     unknown: int
     total: int
     attempts: int
+    lease_kept: bool  # the account's lease is still ours, for the hold asked
 
 
 async def recipient(db: asyncpg.Pool, delivery_id: str, index: int) -> asyncpg.Record | None:
@@ -46,11 +48,16 @@ async def content(db: asyncpg.Pool, delivery_id: str,
 
 async def record(db: asyncpg.Pool, *, delivery_id: str, index: int, state: str,
                  code: int | None, message: str, message_id: str | None, account_id: str,
-                 owner: str, touched_server: bool) -> Recorded:
+                 owner: str, touched_server: bool, hold: timedelta | None = None,
+                 event: dict[str, Any] | None = None,
+                 completed_id: str | None = None) -> Recorded:
+    """The outcome, its event (and delivery.completed when it completes the delivery) and the
+    account's pacing in one transaction; `hold` keeps the lease that long, None gives it back.
+    """
     row = await db.fetchrow(
-        "SELECT * FROM record_outcome($1, $2, $3, $4, $5, $6, $7, $8, $9)",
+        "SELECT * FROM record_outcome($1, $2, $3, $4, $5, $6, $7, $8, $9, $10, $11, $12)",
         delivery_id, index, state, code, message[:2000], message_id, account_id, owner,
-        touched_server)
+        touched_server, hold, event, completed_id)
     return Recorded(**dict(row))
 
 
@@ -84,6 +91,13 @@ async def take_lease(db: asyncpg.Pool, account_id: str, owner: str, interval_ms:
         "RETURNING coalesce(greatest(0, extract(epoch FROM last_end "
         "  + make_interval(secs => $3 / 1000.0) - clock_timestamp())), 0)::float8",
         account_id, owner, interval_ms, ttl_s)
+
+
+async def extend_lease(db: asyncpg.Pool, account_id: str, owner: str, ttl_s: float) -> bool:
+    """Keeps the lease ours for `ttl_s` more (a send outlasting the hold); False: not ours."""
+    return bool(await db.fetchval(
+        "UPDATE account_runtime SET lease_until = clock_timestamp() + make_interval(secs => $3) "
+        "WHERE account_id = $1 AND lease_owner = $2 RETURNING true", account_id, owner, ttl_s))
 
 
 async def lease_left_s(db: asyncpg.Pool, account_id: str) -> float:

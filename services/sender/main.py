@@ -1,5 +1,6 @@
 """The sender's composition root: settings, connections, supervisor, probes."""
 
+import asyncio
 import gc
 from pathlib import Path
 
@@ -11,6 +12,7 @@ from services.sender.supervisor import Supervisor
 from shared.crypto import SecretBox
 from shared.db import create_pool, require_schema
 from shared.http import Health, HttpServer, health_app
+from shared.outbox import OutboxRelay
 from shared.runtime import stop_on_signals
 from shared.smtp import client_ssl_context
 from shared.topology import EventPublisher, Topology, open_confirmed_channel
@@ -29,7 +31,9 @@ log = structlog.get_logger(__name__)
 async def serve(settings: SenderSettings) -> None:
     box = SecretBox(settings.encryption_keys())
     topology = Topology(retry_delays_s=settings.retry_tiers())
-    pool = await create_pool(settings.postgres_dsn.get_secret_value(), settings.db_pool_max)
+    # The sender keeps no session state on its connections: no reset query on each release.
+    pool = await create_pool(settings.postgres_dsn.get_secret_value(), settings.db_pool_max,
+                             reset_sessions=False)
     try:
         async with pool.acquire() as db:
             for service, folder in NEEDED.items():
@@ -41,15 +45,20 @@ async def serve(settings: SenderSettings) -> None:
         async with connection:
             publishing = await open_confirmed_channel(connection)
             await topology.declare(publishing)
+            relay = OutboxRelay(pool, await open_confirmed_channel(connection), topology,
+                                table="sender_outbox", poll_s=settings.outbox_poll_s,
+                                linger_s=settings.outbox_linger_ms / 1000)
             supervisor = Supervisor(
                 connection, pool, settings, box, client_ssl_context(settings.smtp_ca_file),
-                topology, EventPublisher(publishing, topology), publishing)
+                topology, EventPublisher(publishing, topology), publishing, relay.wake)
             health = Health()
             health.add_check("broker", lambda: not connection.is_closed)
             health.add_check("database", lambda: not pool.is_closing())
             health.add_check("consuming", lambda: supervisor.started)
+            health.add_check("outbox", lambda: relay.healthy)
             server = HttpServer(health_app(health), settings.http_host, settings.http_port)
             stop = stop_on_signals()
+            relay_task = asyncio.create_task(relay.run(), name="outbox")
             await server.start()
             await supervisor.start()
             # What exists now lives as long as the process: keep the collector's full passes
@@ -59,6 +68,12 @@ async def serve(settings: SenderSettings) -> None:
                      accounts=len(supervisor.workers))
             await stop.wait()
             await supervisor.stop(settings.shutdown_grace_s)
+            relay.stop()
+            await relay_task
+            try:  # the events of the last sends, recorded while the relay was stopping
+                await relay.drain()
+            except Exception:
+                log.exception("events left in the outbox; the next relay publishes them")
             await server.stop()
     finally:
         await pool.close()

@@ -13,8 +13,9 @@ def _default_replica_id() -> str:
 
 class SenderSettings(ServiceSettings):
     http_port: int = Field(8082, ge=1, le=65535, description="Port of the sender's probes.")
-    # Each mail takes a connection three times (row, lease, outcome): at 500 mails/s a pool of
-    # 10 runs dry and every account's next send is late (docs/benchmarks.md).
+    # Each mail takes a connection twice (row, outcome), and the outbox relay one: at 500
+    # mails/s a pool of 10 runs dry and every account's next send is late
+    # (docs/benchmarks.md).
     db_pool_max: int = Field(40, ge=1, description="Largest number of PostgreSQL connections.")
     fernet_keys: SecretStr = Field(
         SecretStr(""), description="Comma-separated Fernet keys, newest first."
@@ -34,6 +35,19 @@ class SenderSettings(ServiceSettings):
     )
     lease_ttl_s: float = Field(
         120.0, gt=0, description="How long an account's send lease outlives a dead sender."
+    )
+    lease_hold_s: float = Field(
+        5.0, gt=0,
+        description="After a send the account's lease stays this sender's for the pause plus "
+        "this long, so that its next send needs no round trip to take it.",
+    )
+    outbox_poll_s: float = Field(
+        1.0, gt=0, description="How often the event outbox is checked without a wake-up."
+    )
+    outbox_linger_ms: int = Field(
+        10, ge=0, le=1000,
+        description="While events keep coming, the relay publishes them at most this often, "
+        "in batches; the first after a quiet spell goes out at once.",
     )
     max_interval_ms: int = Field(
         1_500_000, ge=0, le=1_700_000,

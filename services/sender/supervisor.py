@@ -11,6 +11,7 @@ import asyncio
 import contextlib
 import hashlib
 import ssl
+from collections.abc import Callable
 from datetime import timedelta
 from typing import Any
 
@@ -43,7 +44,7 @@ class Supervisor:
     def __init__(self, connection: AbstractConnection, pool: asyncpg.Pool,
                  settings: SenderSettings, box: SecretBox, ssl_context: ssl.SSLContext,
                  topology: Topology, events: EventPublisher,
-                 publish_channel: AbstractChannel) -> None:
+                 publish_channel: AbstractChannel, wake_events: Callable[[], None]) -> None:
         self._connection = connection
         self._pool = pool
         self._settings = settings
@@ -52,6 +53,7 @@ class Supervisor:
         self._topology = topology
         self._events = events
         self._publish_channel = publish_channel
+        self._wake_events = wake_events
         self._composers = Composers(pool)
         self.workers: dict[str, AccountWorker] = {}
         self._channels: list[list[Any]] = []  # [channel, consumers on it]
@@ -89,6 +91,8 @@ class Supervisor:
             await asyncio.wait(busy, timeout=deadline_s)
         for worker in self.workers.values():
             await worker.close_session()
+            with contextlib.suppress(Exception):
+                await worker.release_lease()
         await self._pool.execute("DELETE FROM sender_replicas WHERE replica_id = $1",
                                  self._settings.replica_id)
 
@@ -177,7 +181,14 @@ class Supervisor:
                 if entry[0] is worker.queue.channel:
                     entry[1] -= 1
         worker.consumer_tag = None
+        if not self._stopping:  # stop() gives the leases back once the sends in hand are done
+            self._spawn(self._release_when_idle(worker), "release lease")
         log.info("not consuming", account_id=worker.account_id)
+
+    @staticmethod
+    async def _release_when_idle(worker: AccountWorker) -> None:
+        async with worker.busy:
+            await worker.release_lease()
 
     async def _channel_with_room(self) -> list[Any]:
         for entry in self._channels:
@@ -267,7 +278,7 @@ class Supervisor:
             account, pool=self._pool, settings=self._settings, box=self._box,
             ssl_context=self._ssl_context, topology=self._topology, events=self._events,
             publish_channel=self._publish_channel, composers=self._composers,
-            on_pause=self._on_pause)
+            on_pause=self._on_pause, wake_events=self._wake_events)
         self.workers[str(account["id"])] = worker
         return worker
 

@@ -1,6 +1,11 @@
 """One account: its consumer, its SMTP session, its pace, its outcomes.
 
-A message is acked only after its outcome is in the ledger and its event is published.
+A message is acked only after its outcome is in the ledger, its event in the outbox beside it
+(one transaction; the relay publishes the events with confirms).
+
+Pacing: the account's lease is taken with one UPDATE on the database clock; the outcome's
+transaction keeps it for the pause plus `lease_hold_s`, so back-to-back sends of a busy account
+need no round trip for it, and another replica still cannot send before the pause is over.
 """
 
 import asyncio
@@ -47,6 +52,9 @@ from shared.topology import EventPublisher, Topology, make_message, publish
 log = structlog.get_logger(__name__)
 
 PauseHook = Callable[["AccountWorker"], Awaitable[None]]
+# A held lease is used only with this much of it left after the pause; a send outlasting the
+# lease's end less this renews it.
+LEASE_MARGIN_S = 1.0
 
 
 def stable_event_id(*parts: object) -> str:
@@ -79,7 +87,8 @@ class AccountWorker:
     def __init__(self, account: Any, *, pool: asyncpg.Pool, settings: SenderSettings,
                  box: SecretBox, ssl_context: ssl.SSLContext, topology: Topology,
                  events: EventPublisher, publish_channel: AbstractChannel,
-                 composers: Composers, on_pause: PauseHook) -> None:
+                 composers: Composers, on_pause: PauseHook,
+                 wake_events: Callable[[], None]) -> None:
         self.account_id = str(account["id"])
         self.account = account
         self._pool = pool
@@ -91,8 +100,11 @@ class AccountWorker:
         self._publish_channel = publish_channel
         self._composers = composers
         self._on_pause = on_pause
+        self._wake_events = wake_events
         self._session: SmtpSession | None = None
-        self._last_used = 0.0
+        self._last_used = 0.0  # monotonic end of the last SMTP transaction
+        self._lease_until = 0.0  # monotonic; before it the lease is surely ours
+        self._renewal: asyncio.Task | None = None
         self._connect_failures = 0
         self._successes = 0
         self.interval_ms = self._effective_interval(account)
@@ -181,6 +193,7 @@ class AccountWorker:
 
         await self._wait_for_turn()
         session = self._session_for_send()
+        guard = self._guard_lease()
         started = time.perf_counter()
         try:
             code, text = await session.send(
@@ -191,6 +204,7 @@ class AccountWorker:
             await self._failed(message, job, metadata, error, classify(error))
             return
         finally:
+            guard.cancel()
             metrics.SEND_SECONDS.observe(time.perf_counter() - started)
         self._last_used = time.monotonic()
         self._connect_failures = 0
@@ -200,8 +214,16 @@ class AccountWorker:
 
     async def _wait_for_turn(self) -> None:
         """Holds the account's lease and waits out the pause since its last send."""
+        interval_s = self.interval_ms / 1000
+        wait_s = self._last_used + interval_s - time.monotonic()
+        if self._lease_until - time.monotonic() - max(0.0, wait_s) >= LEASE_MARGIN_S:
+            # Still ours since our last send: its end, on our clock, is the one to pace from.
+            if wait_s > 0:
+                await asyncio.sleep(wait_s)
+            return
         owner = self._settings.replica_id
         while True:
+            asked = time.monotonic()
             wait_s = await ledger.take_lease(self._pool, self.account_id, owner,
                                              self.interval_ms, self._settings.lease_ttl_s)
             if wait_s is not None:
@@ -209,8 +231,33 @@ class AccountWorker:
             # Another replica sends for this account (a consumer hand-over in progress).
             await asyncio.sleep(min(1.0, max(0.05, await ledger.lease_left_s(
                 self._pool, self.account_id))))
+        self._lease_until = asked + wait_s + self._settings.lease_ttl_s
         if wait_s > 0:
             await asyncio.sleep(wait_s)
+
+    def _guard_lease(self) -> asyncio.TimerHandle:
+        """Renews the lease if the send in hand outlasts it (a slow server)."""
+        left = self._lease_until - time.monotonic() - LEASE_MARGIN_S
+        return asyncio.get_running_loop().call_later(max(0.0, left), self._renew_lease)
+
+    def _renew_lease(self) -> None:
+        async def renew() -> None:
+            asked = time.monotonic()
+            ttl = self._settings.lease_ttl_s
+            if await ledger.extend_lease(self._pool, self.account_id,
+                                         self._settings.replica_id, ttl):
+                self._lease_until = asked + ttl
+            else:
+                log.error("the account's lease was lost during a send")
+        self._renewal = asyncio.create_task(renew())
+
+    async def release_lease(self) -> None:
+        """Gives back a lease still held (consumer cancelled, shutdown), so that another
+        replica need not wait for it to run out."""
+        if self._lease_until > time.monotonic():
+            self._lease_until = 0.0
+            await ledger.release_lease(self._pool, self.account_id, self._settings.replica_id,
+                                       touched_server=False)
 
     # -- outcomes -------------------------------------------------------------------------
 
@@ -218,34 +265,46 @@ class AccountWorker:
                       state: str, code: int | None, text: str, message_id: str | None, *,
                       touched_server: bool, stage: str = "data",
                       permanent: bool = True, unknown: bool = False) -> None:
-        recorded = await ledger.record(
-            self._pool, delivery_id=job.delivery_id, index=job.index, state=state, code=code,
-            message=text, message_id=message_id, account_id=self.account_id,
-            owner=self._settings.replica_id, touched_server=touched_server)
+        event: Event  # attempts is filled in by the ledger, which counts them
+        if state == "sent":
+            event = MailSent(
+                event_id=stable_event_id(job.job_id, "sent"), delivery_id=job.delivery_id,
+                metadata=metadata, account_id=self.account_id, recipient=job.email,
+                message_id=message_id or "", smtp_code=code or 250, attempts=0)
+        else:
+            event = MailFailed(
+                event_id=stable_event_id(job.job_id, state), delivery_id=job.delivery_id,
+                metadata=metadata, account_id=self.account_id, recipient=job.email,
+                stage=stage, smtp_code=code, smtp_message=text, permanent=permanent,
+                attempts=0, outcome="unknown" if unknown else "failed")
+        recorded = await self._record(job, state, code, text, message_id, touched_server, event)
         if recorded.applied:
-            event: Event
-            if state == "sent":
-                event = MailSent(
-                    event_id=stable_event_id(job.job_id, "sent"), delivery_id=job.delivery_id,
-                    metadata=metadata, account_id=self.account_id, recipient=job.email,
-                    message_id=message_id or "", smtp_code=code or 250,
-                    attempts=recorded.attempts)
-            else:
-                event = MailFailed(
-                    event_id=stable_event_id(job.job_id, state), delivery_id=job.delivery_id,
-                    metadata=metadata, account_id=self.account_id, recipient=job.email,
-                    stage=stage, smtp_code=code, smtp_message=text, permanent=permanent,
-                    attempts=recorded.attempts, outcome="unknown" if unknown else "failed")
-            await self._events.publish(event)
-            if recorded.completed:
-                await self._events.publish(self._completed(
-                    job, metadata, recorded.sent, recorded.failed + recorded.unknown,
-                    recorded.total))
+            self._wake_events()
         metrics.OUTCOMES.labels(self.account_id, state).inc()
         if touched_server:
             metrics.LAST_SEND.labels(self.account_id).set_to_current_time()
         await message.ack()
         log.info("recipient settled", outcome=state, smtp_code=code)
+
+    async def _record(self, job: SendJob, state: str, code: int | None, text: str,
+                      message_id: str | None, touched_server: bool,
+                      event: Event | None) -> ledger.Recorded:
+        # The lease is kept only while this worker still consumes: after a cancel or a pause
+        # another replica may have the queue, and should not wait for it.
+        keep = touched_server and self.consumer_tag is not None and not self.paused
+        hold = timedelta(milliseconds=self.interval_ms,
+                         seconds=self._settings.lease_hold_s) if keep else None
+        asked = time.monotonic()
+        recorded = await ledger.record(
+            self._pool, delivery_id=job.delivery_id, index=job.index, state=state, code=code,
+            message=text, message_id=message_id, account_id=self.account_id,
+            owner=self._settings.replica_id, touched_server=touched_server, hold=hold,
+            event=None if event is None else event.model_dump(mode="json"),
+            completed_id=stable_event_id(job.delivery_id, "completed"))
+        if touched_server:
+            kept = recorded.lease_kept and hold is not None
+            self._lease_until = asked + hold.total_seconds() if kept else 0.0
+        return recorded
 
     @staticmethod
     def _completed(job: SendJob, metadata: dict, sent: int, failed: int,
@@ -301,10 +360,8 @@ class AccountWorker:
 
     async def _defer(self, message: AbstractIncomingMessage, job: SendJob, metadata: dict,
                      error: SmtpStageError, verdict: Verdict) -> None:
-        recorded = await ledger.record(
-            self._pool, delivery_id=job.delivery_id, index=job.index, state="deferred",
-            code=error.code, message=error.text, message_id=None, account_id=self.account_id,
-            owner=self._settings.replica_id, touched_server=True)
+        recorded = await self._record(job, "deferred", error.code, error.text, None,
+                                      touched_server=True, event=None)
         tiers = self._topology.retry_delays_s
         delay = retry_delay(max(1, recorded.attempts), tiers)
         if verdict.retry_after_s:  # the server said when: the first tier that waits enough
@@ -356,6 +413,7 @@ class AccountWorker:
                          error: SmtpStageError, reason: str) -> None:
         """The account is at fault: the job goes back to its queue untouched, the account
         stops. Not one recipient is failed for it."""
+        self._lease_until = 0.0
         await ledger.release_lease(self._pool, self.account_id, self._settings.replica_id,
                                    touched_server=True)
         send = await self._publish_channel.get_exchange(self._topology.send_exchange,

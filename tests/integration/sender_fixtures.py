@@ -16,8 +16,9 @@ from services.sender.supervisor import Supervisor
 from shared.crypto import SecretBox
 from shared.db import migrate
 from shared.messages import AccountUpdated
+from shared.outbox import OutboxRelay
 from shared.smtp import client_ssl_context
-from shared.topology import EventPublisher
+from shared.topology import EventPublisher, open_confirmed_channel
 from tests.integration.accounts_fixtures import KEY
 from tests.integration.dispatcher_fixtures import Dispatcher
 
@@ -38,6 +39,15 @@ class SenderStack:
     settings: SenderSettings
     events: AbstractQueue  # every mail.* and account.* event of this test's topology
     seen: list[dict]
+    relay: OutboxRelay
+    relay_task: asyncio.Task
+
+    async def stop(self) -> None:
+        await self.supervisor.stop(10)
+        self.relay.stop()
+        async with asyncio.timeout(10):
+            await self.relay_task
+        await self.relay.drain()
 
     @property
     def account_id(self) -> str:
@@ -107,16 +117,19 @@ async def start_sender(dispatcher: Dispatcher, amqp: AbstractRobustConnection,
         events = await dispatcher.channel.declare_queue(exclusive=True)
         for key in ("mail.*", "account.*", "delivery.completed"):
             await events.bind(dispatcher.topology.events_exchange, routing_key=key)
+        relay = OutboxRelay(dispatcher.pool, await open_confirmed_channel(amqp),
+                            dispatcher.topology, table="sender_outbox", poll_s=0.2)
         supervisor = Supervisor(
             amqp, dispatcher.pool, settings, SecretBox([KEY]),
             client_ssl_context(settings.smtp_ca_file),
             dispatcher.topology, EventPublisher(dispatcher.channel, dispatcher.topology),
-            dispatcher.channel)
+            dispatcher.channel, relay.wake)
+        relay_task = asyncio.create_task(relay.run())
         await supervisor.start()
-        stack = SenderStack(dispatcher, supervisor, settings, events, [])
+        stack = SenderStack(dispatcher, supervisor, settings, events, [], relay, relay_task)
         stacks.append(stack)
         return stack
 
     yield start
     for stack in stacks:
-        await stack.supervisor.stop(10)
+        await stack.stop()
