@@ -287,6 +287,28 @@ def metric_values(text: str, names: tuple[str, ...]) -> dict[str, float]:
     return found
 
 
+def histogram(text: str, name: str) -> dict[float, float]:
+    """Cumulative counts by upper bound of a Prometheus histogram (no labels)."""
+    counts = {}
+    for line in text.splitlines():
+        if line.startswith(f"{name}_bucket{{"):
+            bound = line.split('le="', 1)[1].split('"', 1)[0]
+            counts[math.inf if bound == "+Inf" else float(bound)] = float(line.rsplit(" ", 1)[1])
+    return counts
+
+
+def histogram_quantile(before: dict[float, float], after: dict[float, float],
+                       q: float) -> tuple[float, float]:
+    """(the bound the q-quantile lies under, how many were observed) between two readings."""
+    bounds = sorted(after)
+    delta = [after[b] - before.get(b, 0.0) for b in bounds]
+    total = delta[-1] if delta else 0.0
+    for bound, count in zip(bounds, delta, strict=True):
+        if total and count >= q * total:
+            return bound, total
+    return math.nan, total
+
+
 # -- the service processes ------------------------------------------------------------------
 
 
@@ -339,11 +361,14 @@ class ServiceProcess:
                                      "its log ends with:\n" + self.log_tail())
                 await asyncio.sleep(0.2)
 
-    async def metrics(self, *names: str) -> dict[str, float]:
+    async def metrics_text(self) -> str:
         async with httpx.AsyncClient(timeout=10) as client:
             answer = await client.get(f"http://127.0.0.1:{self.port}/metrics")
             answer.raise_for_status()
-        return metric_values(answer.text, names)
+        return answer.text
+
+    async def metrics(self, *names: str) -> dict[str, float]:
+        return metric_values(await self.metrics_text(), names)
 
     async def stop(self, timeout: float = 60) -> None:
         """SIGTERM (graceful), then SIGKILL after `timeout`; only our own child, by pid."""
@@ -640,6 +665,52 @@ async def bare_loop(sink: SmtpSink, mails: list[tuple[str, bytes]], warm_up: int
     return BareRun(len(mails), seconds, cpu, latencies)
 
 
+async def prefetch_one_ceiling(bench: Bench, mails: list[tuple[str, bytes]],
+                               commit_on: str | None) -> float:
+    """Mails/s of the least a prefetch-1 consumer must do per mail: take a job from a quorum
+    queue with the account queues' arguments, send it over one open aiosmtplib connection, ack
+    it after the 250 (and, with `commit_on`, an account, after one committed UPDATE of its
+    runtime row, as an outcome needs)."""
+    assert bench.connection is not None and bench.channel is not None and bench.pool is not None
+    name = f"bench-sender-ceiling-{uuid.uuid4().hex[:8]}"
+    bench.queues.append(name)
+    consuming = await bench.connection.channel()
+    await consuming.set_qos(prefetch_count=1)
+    queue = await consuming.declare_queue(
+        name, durable=True, arguments=bench.topology.account_queue_arguments())
+    jobs = mails[:WARM_UP_MAILS] + mails
+    await publish_many(bench.channel.default_exchange, (
+        (name, make_message(str(i).encode(), message_id=f"ceiling-{i}"))
+        for i in range(len(jobs))))
+    smtp = aiosmtplib.SMTP(hostname=bench.sink.host, port=bench.sink.port, start_tls=False,
+                           timeout=30)
+    await smtp.connect()
+    handled: list[float] = []
+    done = asyncio.get_running_loop().create_future()
+
+    async def on_message(message: AbstractIncomingMessage) -> None:
+        address, data = jobs[int(message.body)]
+        await smtp.sendmail(FROM_ADDRESS, [address], data)
+        if commit_on:  # a row really written: a commit that flushes the WAL
+            await held.execute("UPDATE account_runtime SET interval_ms = interval_ms "
+                               "WHERE account_id = $1", commit_on)
+        await message.ack()
+        handled.append(time.perf_counter())
+        if len(handled) == len(jobs) and not done.done():
+            done.set_result(None)
+
+    try:
+        async with bench.pool.acquire() as held:
+            await queue.consume(on_message)
+            await asyncio.wait_for(done, STEP_TIMEOUT_S)
+    finally:
+        await consuming.close()
+        with contextlib.suppress(aiosmtplib.SMTPException, OSError):
+            await smtp.quit()
+        smtp.close()
+    return len(mails) / (handled[-1] - handled[WARM_UP_MAILS - 1])
+
+
 async def throughput(bench: Bench, account_id: str, sender: ServiceProcess) -> float:
     assert bench.events is not None and bench.dispatcher is not None and bench.pool is not None
     count = bench.sizes.mails
@@ -683,6 +754,8 @@ async def throughput(bench: Bench, account_id: str, sender: ServiceProcess) -> f
 
     bare_after = await bare_loop(bench.sink, mails, WARM_UP_MAILS)
     baseline = max(bare_before.rate, bare_after.rate)
+    ceiling = await prefetch_one_ceiling(bench, mails, commit_on=None)
+    ceiling_commit = await prefetch_one_ceiling(bench, mails, commit_on=account_id)
     rate = count / seconds
     sends = metrics_after["mail_sender_send_seconds_count"] - \
         metrics_before["mail_sender_send_seconds_count"]
@@ -700,6 +773,11 @@ async def throughput(bench: Bench, account_id: str, sender: ServiceProcess) -> f
     print(f"sender:   publish -> delivery.completed          {rate:>8,.0f} mails/s "
           f"({seconds:.2f} s)")
     print(f"          = {rate / baseline:.1%} of the faster bare run (goal: >= 40%)")
+    print(f"ceiling:  prefetch 1 (quorum queue) -> the same SMTP loop -> ack, nothing else "
+          f"{ceiling:>6,.0f} mails/s = {ceiling / baseline:.1%}")
+    print(f"          the same with one committed UPDATE before each ack "
+          f"{ceiling_commit:>10,.0f} mails/s = {ceiling_commit / baseline:.1%}; the sender "
+          f"reaches {rate / ceiling_commit:.0%} of this")
     print(f"          publish -> last 250 in the ledger      {last_250_s:>8.2f} s; first "
           f"-> last `sent` row {send_phase:,.0f} mails/s")
     print(f"          publish -> confirm {confirmed - started:.3f} s; -> delivery.accepted "
@@ -980,8 +1058,7 @@ async def pacing(bench: Bench, sends_csv: str | None = None) -> None:
     fan_out_s = time.perf_counter() - started
     await asyncio.sleep(sizes.warm_up_s)
     bench.check_alive()
-    metrics_before = await sender.metrics("mail_sender_send_seconds_sum",
-                                          "mail_sender_send_seconds_count")
+    text_before = await sender.metrics_text()
     cpu = CpuMeter.of(sender=sender.pid, dispatcher=bench.dispatcher.pid).start()
     window_start = await bench.pool.fetchval("SELECT clock_timestamp()")
     deadline = time.monotonic() + sizes.pacing_s
@@ -990,8 +1067,7 @@ async def pacing(bench: Bench, sends_csv: str | None = None) -> None:
         bench.check_alive()
     window_end = await bench.pool.fetchval("SELECT clock_timestamp()")
     cpu.stop()
-    metrics_after = await sender.metrics("mail_sender_send_seconds_sum",
-                                         "mail_sender_send_seconds_count")
+    text_after = await sender.metrics_text()
     peak_rss = proc_status(sender.pid)["VmHWM"]
     bench.check_trouble()
 
@@ -1032,10 +1108,16 @@ async def pacing(bench: Bench, sends_csv: str | None = None) -> None:
     gaps = [gap for row in rows for gap in (row["gaps"] or [])]
     excess = [gap - sizes.interval_ms for gap in gaps]
     ideal = len(ids) * 1000 / sizes.interval_ms
-    smtp_count = metrics_after["mail_sender_send_seconds_count"] - \
-        metrics_before["mail_sender_send_seconds_count"]
-    smtp_s = metrics_after["mail_sender_send_seconds_sum"] - \
-        metrics_before["mail_sender_send_seconds_sum"]
+    names = ("mail_sender_send_seconds_count", "mail_sender_send_seconds_sum",
+             "mail_sender_record_seconds_count", "mail_sender_record_seconds_sum",
+             "mail_sender_pause_short_total")
+    metrics_before, metrics_after = (metric_values(text, names)
+                                     for text in (text_before, text_after))
+    smtp_count, smtp_s, record_count, record_s, short = (
+        metrics_after[name] - metrics_before[name] for name in names)
+    overrun = [histogram_quantile(histogram(text_before, "mail_sender_pause_overrun_seconds"),
+                                  histogram(text_after, "mail_sender_pause_overrun_seconds"), q)
+               for q in (0.5, 0.9, 0.99)]
 
     print(f"\n## 2. pacing: {len(ids)} accounts at {sizes.interval_ms:,} ms, one sender, "
           f"{window_s:.1f} s measured after a {sizes.warm_up_s:.0f} s warm-up")
@@ -1060,7 +1142,13 @@ async def pacing(bench: Bench, sends_csv: str | None = None) -> None:
           f"{percentile(excess, 90):.1f} ms, p99 {percentile(excess, 99):.1f} ms (goal: <= 20 "
           f"ms), p99.9 {percentile(excess, 99.9):.1f} ms")
     print(f"  SMTP transaction inside the sender (its histogram): "
-          f"{smtp_s / max(smtp_count, 1) * 1e3:.2f} ms mean over {smtp_count:,.0f} sends")
+          f"{smtp_s / max(smtp_count, 1) * 1e3:.2f} ms mean over {smtp_count:,.0f} sends; "
+          f"recording an outcome {record_s / max(record_count, 1) * 1e3:.2f} ms mean")
+    print("the pause itself, as the server sees it (the sender's histogram: its 250 of one "
+          "transaction to its MAIL of the next, less the interval):")
+    print(f"  {overrun[0][1]:,.0f} pauses: p50 <= {overrun[0][0] * 1e3:g} ms, p90 <= "
+          f"{overrun[1][0] * 1e3:g} ms, p99 <= {overrun[2][0] * 1e3:g} ms (goal: <= 20 ms; "
+          f"bucket bounds); shorter than the interval: {short:.0f}")
     print(f"sender CPU {cpu.used['sender'] / max(sends, 1) * 1e3:.2f} ms/mail; CPU in cores: "
           f"{cpu.summary()}")
     print(f"sender RSS: {ready_rss / 1024:.0f} MB when ready, peak (VmHWM) "

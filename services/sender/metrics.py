@@ -11,3 +11,14 @@ THROTTLED = Gauge("mail_sender_throttled_accounts", "Accounts sending slower tha
 LAST_SEND = Gauge("mail_sender_last_send_timestamp_seconds", "When an account last sent.",
                   ["account_id"])
 CONSUMERS = Gauge("mail_sender_consumers", "Account queues this sender consumes.")
+RECORD_SECONDS = Histogram("mail_sender_record_seconds",
+                           "Recording one outcome (one transaction, events included).",
+                           buckets=(0.0005, 0.001, 0.002, 0.005, 0.01, 0.02, 0.05, 0.1, 0.5, 1))
+# The pause as the server sees it: from the 250 of one SMTP transaction of an account to the
+# MAIL of its next, less the account's interval; only for a message that was waiting for it.
+PAUSE_OVERRUN = Histogram(
+    "mail_sender_pause_overrun_seconds",
+    "How much longer than the interval an account's pause between two sends lasted.",
+    buckets=(0.001, 0.002, 0.005, 0.01, 0.015, 0.02, 0.03, 0.05, 0.1, 0.25, 1, 10))
+PAUSE_SHORT = Counter("mail_sender_pause_short_total",
+                      "Pauses shorter than the interval (a bug if ever above zero).")

@@ -103,6 +103,10 @@ class AccountWorker:
         self._wake_events = wake_events
         self._session: SmtpSession | None = None
         self._last_used = 0.0  # monotonic end of the last SMTP transaction
+        # Monotonic; the pause runs from here: the return of the last outcome's transaction,
+        # which is after the last_end it wrote (so no replica, and no reading of the ledger,
+        # sees two sends closer than the interval).
+        self._paced_from = 0.0
         self._lease_until = 0.0  # monotonic; before it the lease is surely ours
         self._renewal: asyncio.Task | None = None
         self._connect_failures = 0
@@ -166,6 +170,7 @@ class AccountWorker:
                 await message.nack(requeue=True)
 
     async def _handle(self, message: AbstractIncomingMessage) -> None:
+        arrived = time.monotonic()
         try:
             job = SendJob.model_validate_json(message.body)
         except ValidationError as error:
@@ -192,6 +197,7 @@ class AccountWorker:
             return
 
         await self._wait_for_turn()
+        self._observe_pause(arrived)
         session = self._session_for_send()
         guard = self._guard_lease()
         started = time.perf_counter()
@@ -215,9 +221,9 @@ class AccountWorker:
     async def _wait_for_turn(self) -> None:
         """Holds the account's lease and waits out the pause since its last send."""
         interval_s = self.interval_ms / 1000
-        wait_s = self._last_used + interval_s - time.monotonic()
+        wait_s = self._paced_from + interval_s - time.monotonic()
         if self._lease_until - time.monotonic() - max(0.0, wait_s) >= LEASE_MARGIN_S:
-            # Still ours since our last send: its end, on our clock, is the one to pace from.
+            # Still ours since our last send: no other sender has sent since.
             if wait_s > 0:
                 await asyncio.sleep(wait_s)
             return
@@ -234,6 +240,18 @@ class AccountWorker:
         self._lease_until = asked + wait_s + self._settings.lease_ttl_s
         if wait_s > 0:
             await asyncio.sleep(wait_s)
+
+    def _observe_pause(self, arrived: float) -> None:
+        """The pause just kept, end of the last transaction to this one's start, when this
+        message had to wait for it (otherwise the gap is the queue's idleness)."""
+        pause_end = self._last_used + self.interval_ms / 1000
+        if self._last_used and arrived < pause_end:
+            overrun = time.monotonic() - pause_end
+            if overrun < 0:
+                metrics.PAUSE_SHORT.inc()
+                log.error("pause shorter than the interval", short_by_ms=-overrun * 1e3)
+            else:
+                metrics.PAUSE_OVERRUN.observe(overrun)
 
     def _guard_lease(self) -> asyncio.TimerHandle:
         """Renews the lease if the send in hand outlasts it (a slow server)."""
@@ -301,9 +319,11 @@ class AccountWorker:
             owner=self._settings.replica_id, touched_server=touched_server, hold=hold,
             event=None if event is None else event.model_dump(mode="json"),
             completed_id=stable_event_id(job.delivery_id, "completed"))
+        metrics.RECORD_SECONDS.observe(time.monotonic() - asked)
         if touched_server:
             kept = recorded.lease_kept and hold is not None
             self._lease_until = asked + hold.total_seconds() if kept else 0.0
+            self._paced_from = time.monotonic()
         return recorded
 
     @staticmethod
