@@ -665,23 +665,31 @@ async def bare_loop(sink: SmtpSink, mails: list[tuple[str, bytes]], warm_up: int
     return BareRun(len(mails), seconds, cpu, latencies)
 
 
+async def prefetch_one_queue(bench: Bench, kind: str,
+                             count: int) -> tuple[AbstractChannel, AbstractQueue]:
+    """A quorum queue with the account queues' arguments holding `count` messages (bodies
+    "0", "1", ...), and a prefetch-1 channel to consume it."""
+    assert bench.connection is not None and bench.channel is not None
+    name = f"bench-sender-{kind}-{uuid.uuid4().hex[:8]}"
+    bench.queues.append(name)
+    consuming = await bench.connection.channel()
+    await consuming.set_qos(prefetch_count=1)
+    queue = await consuming.declare_queue(
+        name, durable=True, arguments=bench.topology.account_queue_arguments())
+    await publish_many(bench.channel.default_exchange, (
+        (name, make_message(str(i).encode(), message_id=f"{kind}-{i}")) for i in range(count)))
+    return consuming, queue
+
+
 async def prefetch_one_ceiling(bench: Bench, mails: list[tuple[str, bytes]],
                                commit_on: str | None) -> float:
     """Mails/s of the least a prefetch-1 consumer must do per mail: take a job from a quorum
     queue with the account queues' arguments, send it over one open aiosmtplib connection, ack
     it after the 250 (and, with `commit_on`, an account, after one committed UPDATE of its
     runtime row, as an outcome needs)."""
-    assert bench.connection is not None and bench.channel is not None and bench.pool is not None
-    name = f"bench-sender-ceiling-{uuid.uuid4().hex[:8]}"
-    bench.queues.append(name)
-    consuming = await bench.connection.channel()
-    await consuming.set_qos(prefetch_count=1)
-    queue = await consuming.declare_queue(
-        name, durable=True, arguments=bench.topology.account_queue_arguments())
+    assert bench.pool is not None
     jobs = mails[:WARM_UP_MAILS] + mails
-    await publish_many(bench.channel.default_exchange, (
-        (name, make_message(str(i).encode(), message_id=f"ceiling-{i}"))
-        for i in range(len(jobs))))
+    consuming, queue = await prefetch_one_queue(bench, "ceiling", len(jobs))
     smtp = aiosmtplib.SMTP(hostname=bench.sink.host, port=bench.sink.port, start_tls=False,
                            timeout=30)
     await smtp.connect()
@@ -813,15 +821,7 @@ class StepTimer:
 async def consume_cycle(bench: Bench, count: int) -> float:
     """Seconds per message of a prefetch-1 consumer that acks each message at once, on a
     quorum queue with the account queues' arguments: the broker's part of each mail."""
-    assert bench.connection is not None and bench.channel is not None
-    name = f"bench-sender-cycle-{uuid.uuid4().hex[:8]}"
-    bench.queues.append(name)
-    consuming = await bench.connection.channel()
-    await consuming.set_qos(prefetch_count=1)
-    queue = await consuming.declare_queue(
-        name, durable=True, arguments=bench.topology.account_queue_arguments())
-    await publish_many(bench.channel.default_exchange, (
-        (name, make_message(b"{}", message_id=f"cycle-{i}")) for i in range(count + 20)))
+    consuming, queue = await prefetch_one_queue(bench, "cycle", count + 20)
     times: list[float] = []
     done = asyncio.get_running_loop().create_future()
 
