@@ -1,0 +1,58 @@
+"""The outbox relay shared by config_svc and the sender, on a real PostgreSQL and RabbitMQ."""
+
+import asyncpg
+import orjson
+import pytest
+from aio_pika.abc import AbstractRobustConnection
+
+from services.sender.main import MIGRATIONS as SENDER_MIGRATIONS
+from shared.db import migrate
+from shared.messages import MailSent
+from shared.outbox import OutboxRelay
+from shared.topology import Topology, open_confirmed_channel
+from tests.integration.amqp_helpers import receive
+from tests.integration.dispatcher_fixtures import migrate_all
+
+
+def sent_event(index: int) -> MailSent:
+    return MailSent(event_id=f"ev-{index}", delivery_id="d-outbox", account_id="acc",
+                    recipient=f"r{index}@example.com", message_id=f"<m{index}@example.com>",
+                    smtp_code=250, attempts=1)
+
+
+async def test_events_written_while_no_relay_runs_go_out_in_order_and_a_bad_row_is_dropped(
+        pool: asyncpg.Pool, amqp: AbstractRobustConnection, unique: str) -> None:
+    await migrate_all(pool)
+    async with pool.acquire() as db:
+        await migrate(db, "sender", SENDER_MIGRATIONS)
+        await db.execute("DELETE FROM sender_outbox")
+        rows = [("mail.sent", e.event_id, e.model_dump(mode="json"))
+                for e in map(sent_event, range(3))]
+        # A row the contract refuses (written by a bug) between good ones.
+        rows.insert(1, ("mail.sent", "ev-bad", {"type": "mail.sent", "event_id": "ev-bad"}))
+        await db.executemany(
+            "INSERT INTO sender_outbox (routing_key, event_id, body) VALUES ($1, $2, $3)", rows)
+    topology = Topology(prefix=unique)
+    channel = await open_confirmed_channel(amqp)
+    await topology.declare(channel)
+    listener = await channel.declare_queue(exclusive=True)
+    await listener.bind(topology.events_exchange, routing_key="mail.*")
+
+    relay = OutboxRelay(pool, channel, topology, table="sender_outbox", poll_s=1)
+    assert await relay.drain() == 3
+
+    messages = await receive(listener, count=3)
+    assert [m.message_id for m in messages] == ["ev-0", "ev-1", "ev-2"]
+    assert [m.routing_key for m in messages] == ["mail.sent"] * 3
+    assert [orjson.loads(m.body)["recipient"] for m in messages] == [
+        "r0@example.com", "r1@example.com", "r2@example.com"]
+    assert messages[0].headers["delivery_id"] == "d-outbox"
+    assert await pool.fetchval("SELECT count(*) FROM sender_outbox") == 0
+    assert await relay.drain() == 0
+    await channel.close()
+
+
+def test_only_known_outbox_tables_are_accepted() -> None:
+    with pytest.raises(ValueError, match="not an outbox table"):
+        OutboxRelay(None, None, Topology(), table="accounts; DROP TABLE x",  # type: ignore[arg-type]
+                    poll_s=1)
