@@ -86,6 +86,10 @@ class SmtpStageError(Exception):
         return self.after_data and self.code is None
 
 
+class Withdrawn(Exception):
+    """`before_data` withdrew the message: the transaction was reset before DATA."""
+
+
 @dataclass
 class StageResult:
     stage: Stage
@@ -152,14 +156,17 @@ class SmtpSession:
             await self.close()
             raise
 
-    async def send(self, mail_from: str, recipient: str, message: bytes) -> tuple[int, str]:
+    async def send(self, mail_from: str, recipient: str, message: bytes,
+                   before_data: Callable[[], Awaitable[bool]] | None = None) -> tuple[int, str]:
         """MAIL, RCPT, DATA (opening the session first when needed); the DATA reply.
 
         A refused transaction is reset, so that the session serves the next message.
+        `before_data`, awaited between RCPT and DATA, can still withdraw the message (reset,
+        `Withdrawn` raised): a check that runs while the envelope is on the wire.
         """
         reused = self.is_open
         try:
-            return await self._transaction(mail_from, recipient, message)
+            return await self._transaction(mail_from, recipient, message, before_data)
         except SmtpStageError as error:
             # A server that closed an idle connection makes a reused session fail at its
             # first command, before anything was sent: one more try on a new connection.
@@ -167,10 +174,10 @@ class SmtpSession:
                      and error.exception == "SMTPServerDisconnected")
             if not stale:
                 raise
-        return await self._transaction(mail_from, recipient, message)
+        return await self._transaction(mail_from, recipient, message, before_data)
 
-    async def _transaction(self, mail_from: str, recipient: str,
-                           message: bytes) -> tuple[int, str]:
+    async def _transaction(self, mail_from: str, recipient: str, message: bytes,
+                           before_data: Callable[[], Awaitable[bool]] | None) -> tuple[int, str]:
         if self.is_open:
             await self._pop_login_if_due()  # a long session can outlive the POP authorisation
         else:
@@ -183,12 +190,27 @@ class SmtpSession:
         try:
             await self._step("mail", self._mail(smtp, mail_from, message, smtputf8), _reply)
             await self._step("rcpt", smtp.rcpt(recipient, encoding=encoding), _reply)
+            if before_data is not None:
+                await self._go_ahead(before_data)
             reply = await self._step("data", self._data(smtp, message), _reply)
         except SmtpStageError:
             if self.is_open:
                 await self.reset()
             raise
         return reply.code, reply.message
+
+    async def _go_ahead(self, before_data: Callable[[], Awaitable[bool]]) -> None:
+        try:
+            go = await before_data()
+        except asyncio.CancelledError:
+            self._drop_connection()  # no time for RSET: the next send opens a new connection
+            raise
+        except Exception:
+            await self.reset()
+            raise
+        if not go:
+            await self.reset()
+            raise Withdrawn
 
     async def reset(self) -> None:
         """RSET, for reuse between messages after a failed transaction; drops the connection

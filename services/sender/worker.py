@@ -46,7 +46,7 @@ from shared.messages import (
     MailSent,
     SendJob,
 )
-from shared.smtp import SmtpSession, SmtpStageError
+from shared.smtp import SmtpSession, SmtpStageError, Withdrawn
 from shared.topology import EventPublisher, Topology, make_message, publish
 
 log = structlog.get_logger(__name__)
@@ -177,20 +177,16 @@ class AccountWorker:
             await self._to_dead(message, "invalid_job", str(error)[:500])
             return
         structlog.contextvars.bind_contextvars(delivery_id=job.delivery_id, index=job.index)
-        row = await ledger.recipient(self._pool, job.delivery_id, job.index)
-        if row is None:
-            await self._to_dead(message, "unknown_delivery", f"no recipient row for {job.job_id}")
-            return
-        if row["state"] in ledger.SETTLED:
-            # A copy of a job already done (a redelivery after a crash): no second SMTP
-            # transaction, only its events again, with the same ids.
-            await self._republish(job, row)
-            await message.ack()
-            return
         try:
             composer, metadata = await self._composers.get(job.delivery_id, self.account)
             mail = composer.compose(email=job.email, name=job.name, vars=job.vars)
-        except ValueError as error:  # a message that can never be written: never retried
+        except (LookupError, ValueError) as error:
+            row = await ledger.recipient(self._pool, job.delivery_id, job.index)
+            if await self._done_already(message, job, row):
+                return
+            if isinstance(error, LookupError):
+                raise
+            # A message that can never be written: failed, never retried.
             await self._settle(message, job, row["metadata"], "failed", None,
                                f"not sendable: {error}", None, touched_server=False,
                                stage="data", permanent=True)
@@ -198,25 +194,52 @@ class AccountWorker:
 
         await self._wait_for_turn()
         self._observe_pause(arrived)
+        # The ledger row is read while MAIL and RCPT are on the wire; DATA waits for it.
+        check = asyncio.ensure_future(ledger.recipient(self._pool, job.delivery_id, job.index))
+
+        async def still_to_send() -> bool:
+            row = await check
+            return row is not None and row["state"] not in ledger.SETTLED
+
         session = self._session_for_send()
         guard = self._guard_lease()
         started = time.perf_counter()
         try:
             code, text = await session.send(
                 envelope_address(self.account["from_address"]), envelope_address(job.email),
-                mail.data)
+                mail.data, before_data=still_to_send)
+        except Withdrawn:
+            self._last_used = time.monotonic()
+            await self._done_already(message, job, check.result())
+            return
         except SmtpStageError as error:
             self._last_used = time.monotonic()
-            await self._failed(message, job, metadata, error, classify(error))
+            if not await self._done_already(message, job, await check):
+                await self._failed(message, job, metadata, error, classify(error))
             return
         finally:
             guard.cancel()
+            check.cancel()  # only when something else failed first: nothing waits for it
             metrics.SEND_SECONDS.observe(time.perf_counter() - started)
         self._last_used = time.monotonic()
         self._connect_failures = 0
         await self._settle(message, job, metadata, "sent", code, text, mail.message_id,
                            touched_server=True)
         await self._after_success()
+
+    async def _done_already(self, message: AbstractIncomingMessage, job: SendJob,
+                            row: Any) -> bool:
+        """An unknown job goes to the dead letters; a copy of a job already done (a redelivery
+        after a crash) is acked with its events again, same ids, and no second SMTP
+        transaction. False: the job is still to be sent."""
+        if row is None:
+            await self._to_dead(message, "unknown_delivery", f"no recipient row for {job.job_id}")
+            return True
+        if row["state"] in ledger.SETTLED:
+            await self._republish(job, row)
+            await message.ack()
+            return True
+        return False
 
     async def _wait_for_turn(self) -> None:
         """Holds the account's lease and waits out the pause since its last send."""

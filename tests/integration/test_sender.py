@@ -3,6 +3,8 @@ import email
 import email.policy
 from typing import Any
 
+from shared.messages import SendJob
+from shared.topology import make_message, publish
 from tests.conftest import eventually
 from tests.integration.dispatcher_fixtures import request_body
 from tests.integration.sender_fixtures import SenderStack, configure_account
@@ -24,13 +26,21 @@ async def ledger_states(stack: SenderStack, delivery_id: str) -> dict[str, int]:
     return {row["state"]: row["n"] for row in rows}
 
 
+async def sender_on(start_sender: Any, server: Any, settings: dict | None = None,
+                    **fields: Any) -> SenderStack:
+    """A sender started with `settings` changed, its account sending to `server` with
+    `fields` changed, as config_svc would announce it."""
+    stack: SenderStack = await start_sender(**(settings or {}))
+    await configure_account(stack.dispatcher.pool, stack.account_id, smtp_host=server.host,
+                            smtp_port=server.port, **fields)
+    await stack.announce_change()
+    return stack
+
+
 async def test_a_delivery_is_sent_recorded_and_completed(start_sender: Any) -> None:
     async with auth_server({USER: PASSWORD}) as server:
-        stack: SenderStack = await start_sender()
-        await configure_account(stack.dispatcher.pool, stack.account_id, smtp_host=server.host,
-                                smtp_port=server.port, smtp_auth=True, smtp_username=USER,
+        stack = await sender_on(start_sender, server, smtp_auth=True, smtp_username=USER,
                                 smtp_password=PASSWORD, local_hostname="crm.example.com")
-        await stack.announce_change()
         body = request_body(account_id=stack.account_id, recipients=recipients(3))
         await stack.dispatcher.publish_request(body)
 
@@ -51,10 +61,7 @@ async def test_a_delivery_is_sent_recorded_and_completed(start_sender: Any) -> N
 
 async def test_the_pause_between_sends_holds_at_the_server(start_sender: Any) -> None:
     async with smtp_server() as server:
-        stack: SenderStack = await start_sender()
-        await configure_account(stack.dispatcher.pool, stack.account_id, smtp_host=server.host,
-                                smtp_port=server.port, send_interval_ms=300)
-        await stack.announce_change()
+        stack = await sender_on(start_sender, server, send_interval_ms=300)
         await stack.dispatcher.publish_request(
             request_body(account_id=stack.account_id, recipients=recipients(5)))
         await stack.wait_event(lambda e: e["type"] == "delivery.completed")
@@ -66,10 +73,7 @@ async def test_the_pause_between_sends_holds_at_the_server(start_sender: Any) ->
 
 async def test_a_refused_recipient_fails_alone(start_sender: Any) -> None:
     async with smtp_server(refuse_recipients=frozenset({"r1@example.com"})) as server:
-        stack: SenderStack = await start_sender()
-        await configure_account(stack.dispatcher.pool, stack.account_id, smtp_host=server.host,
-                                smtp_port=server.port)
-        await stack.announce_change()
+        stack = await sender_on(start_sender, server)
         body = request_body(account_id=stack.account_id, recipients=recipients(3))
         await stack.dispatcher.publish_request(body)
         completed = await stack.wait_event(lambda e: e["type"] == "delivery.completed")
@@ -86,11 +90,8 @@ async def test_a_wrong_password_pauses_the_account_and_a_fix_sends_everything(
     start_sender: Any,
 ) -> None:
     async with auth_server({USER: PASSWORD}) as server:
-        stack: SenderStack = await start_sender()
-        await configure_account(stack.dispatcher.pool, stack.account_id, smtp_host=server.host,
-                                smtp_port=server.port, smtp_auth=True, smtp_username=USER,
+        stack = await sender_on(start_sender, server, smtp_auth=True, smtp_username=USER,
                                 smtp_password="wrong-password")
-        await stack.announce_change()
         body = request_body(account_id=stack.account_id, recipients=recipients(3))
         await stack.dispatcher.publish_request(body)
 
@@ -117,10 +118,7 @@ async def test_a_connection_lost_after_data_is_unknown_and_not_sent_twice(
     start_sender: Any,
 ) -> None:
     async with smtp_server(drop_after_data=True) as server:
-        stack: SenderStack = await start_sender()
-        await configure_account(stack.dispatcher.pool, stack.account_id, smtp_host=server.host,
-                                smtp_port=server.port)
-        await stack.announce_change()
+        stack = await sender_on(start_sender, server)
         body = request_body(account_id=stack.account_id, recipients=recipients(1))
         await stack.dispatcher.publish_request(body)
         completed = await stack.wait_event(lambda e: e["type"] == "delivery.completed")
@@ -134,10 +132,7 @@ async def test_a_connection_lost_after_data_is_unknown_and_not_sent_twice(
 
 async def test_one_connection_carries_a_hundred_messages(start_sender: Any) -> None:
     async with smtp_server() as server:
-        stack: SenderStack = await start_sender()
-        await configure_account(stack.dispatcher.pool, stack.account_id, smtp_host=server.host,
-                                smtp_port=server.port)
-        await stack.announce_change()
+        stack = await sender_on(start_sender, server)
         await stack.dispatcher.publish_request(request_body(
             account_id=stack.account_id, recipients=recipients(100)))
         completed = await stack.wait_event(lambda e: e["type"] == "delivery.completed",
@@ -152,10 +147,7 @@ async def test_a_throttling_provider_defers_and_slows_the_account_and_everything
 ) -> None:
     # The provider takes 3 mails per second and refuses more with 421.
     async with smtp_server(rate_limit=(3, 1.0)) as server:
-        stack: SenderStack = await start_sender()
-        await configure_account(stack.dispatcher.pool, stack.account_id, smtp_host=server.host,
-                                smtp_port=server.port, send_interval_ms=0)
-        await stack.announce_change()
+        stack = await sender_on(start_sender, server, send_interval_ms=0)
         body = request_body(account_id=stack.account_id, recipients=recipients(8))
         await stack.dispatcher.publish_request(body)
         completed = await stack.wait_event(lambda e: e["type"] == "delivery.completed",
@@ -173,10 +165,7 @@ async def test_with_an_interval_under_the_providers_cap_nothing_is_refused(
     start_sender: Any,
 ) -> None:
     async with smtp_server(rate_limit=(3, 1.0)) as server:
-        stack: SenderStack = await start_sender()
-        await configure_account(stack.dispatcher.pool, stack.account_id, smtp_host=server.host,
-                                smtp_port=server.port, send_interval_ms=400)
-        await stack.announce_change()
+        stack = await sender_on(start_sender, server, send_interval_ms=400)
         await stack.dispatcher.publish_request(
             request_body(account_id=stack.account_id, recipients=recipients(6)))
         completed = await stack.wait_event(lambda e: e["type"] == "delivery.completed",
@@ -213,10 +202,8 @@ async def test_an_unreachable_server_pauses_the_account_and_a_probe_resumes_it(
 async def test_the_lease_is_kept_through_the_pause_and_given_back_on_stop(
         start_sender: Any) -> None:
     async with smtp_server() as server:
-        stack: SenderStack = await start_sender(lease_hold_s=3)
-        await configure_account(stack.dispatcher.pool, stack.account_id, smtp_host=server.host,
-                                smtp_port=server.port, send_interval_ms=2000)
-        await stack.announce_change()
+        stack = await sender_on(start_sender, server, send_interval_ms=2000,
+                                settings={"lease_hold_s": 3})
         body = request_body(account_id=stack.account_id, recipients=recipients(1))
         await stack.dispatcher.publish_request(body)
         await stack.wait_event(lambda e: e["type"] == "delivery.completed")
@@ -235,3 +222,24 @@ async def test_the_lease_is_kept_through_the_pause_and_given_back_on_stop(
         assert await stack.dispatcher.pool.fetchval(
             "SELECT count(*) FROM sender_outbox WHERE body->>'delivery_id' = $1",
             body["delivery_id"]) == 0
+
+
+async def test_a_copy_of_a_job_already_sent_is_not_sent_again(start_sender: Any) -> None:
+    async with smtp_server() as server:
+        stack = await sender_on(start_sender, server)
+        body = request_body(account_id=stack.account_id, recipients=recipients(1))
+        await stack.dispatcher.publish_request(body)
+        await stack.wait_event(lambda e: e["type"] == "delivery.completed")
+        [first] = stack.of_type("mail.sent")
+
+        # The same job once more, as after a crash between the record and the ack.
+        job = SendJob(job_id=f"{body['delivery_id']}:0", delivery_id=body["delivery_id"],
+                      account_id=stack.account_id, index=0, **recipients(1)[0])
+        exchange = await stack.dispatcher.channel.get_exchange(
+            stack.dispatcher.topology.send_exchange, ensure=False)
+        await publish(exchange, stack.account_id, make_message(job, message_id=job.job_id))
+        again = await stack.wait_event(
+            lambda e: e["type"] == "mail.sent" and e is not first)
+        assert again["event_id"] == first["event_id"]  # the same event, for deduplication
+        assert len(server.messages) == 1
+        assert await ledger_states(stack, body["delivery_id"]) == {"sent": 1}

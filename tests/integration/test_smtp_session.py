@@ -10,6 +10,7 @@ from shared.smtp import (
     SmtpSession,
     SmtpStageError,
     StageResult,
+    Withdrawn,
     client_ssl_context,
 )
 from tests.support.certs import Certs, certs_fixture  # noqa: F401
@@ -87,6 +88,35 @@ async def test_three_messages_share_one_connection(certs):
     assert server.connections == 1
     assert [m.rcpt_tos for m in server.messages] == [["r0@example.com"], ["r1@example.com"],
                                                      ["r2@example.com"]]
+
+
+async def test_a_message_withdrawn_before_data_never_arrives_and_the_session_goes_on(certs):
+    async with auth_server(USERS) as server:
+        sess = session(endpoint(server, **login()), certs)
+        checked = []
+
+        async def no() -> bool:
+            checked.append(server.connections)  # asked once the envelope was accepted
+            return False
+
+        with pytest.raises(Withdrawn):
+            await sess.send(SENDER, "r0@example.com", MESSAGE, before_data=no)
+
+        async def broken() -> bool:
+            raise RuntimeError("the database is gone")
+
+        with pytest.raises(RuntimeError):
+            await sess.send(SENDER, "r1@example.com", MESSAGE, before_data=broken)
+        await sess.send(SENDER, "r2@example.com", MESSAGE, before_data=lambda: _yes())
+        await sess.close()
+
+    assert checked == [1]
+    assert server.connections == 1
+    assert [m.rcpt_tos for m in server.messages] == [["r2@example.com"]]
+
+
+async def _yes() -> bool:
+    return True
 
 
 async def test_the_session_reconnects_after_the_server_dropped_the_connection(certs):
