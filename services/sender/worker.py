@@ -57,6 +57,14 @@ PauseHook = Callable[["AccountWorker"], Awaitable[None]]
 LEASE_MARGIN_S = 1.0
 
 
+async def sleep_until(deadline: float) -> None:
+    """Returns at `deadline` (time.monotonic) or after, never before. A loop's timers need
+    not promise that (uvloop's, with millisecond steps on a clock read once per iteration,
+    end up to ~0.7 ms early half the time), and a pause must never be short."""
+    while (left := deadline - time.monotonic()) > 0:  # noqa: ASYNC110 - a deadline, not an event
+        await asyncio.sleep(left)
+
+
 def stable_event_id(*parts: object) -> str:
     """The same event gets the same id when a crash makes us publish it again."""
     return hashlib.sha256(":".join(map(str, parts)).encode()).hexdigest()[:32]
@@ -247,8 +255,7 @@ class AccountWorker:
         wait_s = self._paced_from + interval_s - time.monotonic()
         if self._lease_until - time.monotonic() - max(0.0, wait_s) >= LEASE_MARGIN_S:
             # Still ours since our last send: no other sender has sent since.
-            if wait_s > 0:
-                await asyncio.sleep(wait_s)
+            await sleep_until(self._paced_from + interval_s)
             return
         owner = self._settings.replica_id
         while True:
@@ -261,8 +268,8 @@ class AccountWorker:
             await asyncio.sleep(min(1.0, max(0.05, await ledger.lease_left_s(
                 self._pool, self.account_id))))
         self._lease_until = asked + wait_s + self._settings.lease_ttl_s
-        if wait_s > 0:
-            await asyncio.sleep(wait_s)
+        # From now, not from the question: the wait was computed before the answer came.
+        await sleep_until(time.monotonic() + wait_s)
 
     def _observe_pause(self, arrived: float) -> None:
         """The pause just kept, end of the last transaction to this one's start, when this
