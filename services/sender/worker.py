@@ -217,11 +217,12 @@ class AccountWorker:
                 envelope_address(self.account["from_address"]), envelope_address(job.email),
                 mail.data, before_data=still_to_send)
         except Withdrawn:
-            self._last_used = time.monotonic()
+            # MAIL, RCPT and RSET reached the server: paced like a transaction, not recorded.
+            self._last_used = self._paced_from = time.monotonic()
             await self._done_already(message, job, check.result())
             return
         except SmtpStageError as error:
-            self._last_used = time.monotonic()
+            self._last_used = self._paced_from = time.monotonic()
             if not await self._done_already(message, job, await check):
                 await self._failed(message, job, metadata, error, classify(error))
             return
