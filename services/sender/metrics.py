@@ -22,3 +22,5 @@ PAUSE_OVERRUN = Histogram(
     buckets=(0.001, 0.002, 0.005, 0.01, 0.015, 0.02, 0.03, 0.05, 0.1, 0.25, 1, 10))
 PAUSE_SHORT = Counter("mail_sender_pause_short_total",
                       "Pauses shorter than the interval (a bug if ever above zero).")
+LEASE_RENEWALS = Counter("mail_sender_lease_renewals_total",
+                         "Account leases renewed during a send that outlasted them.")

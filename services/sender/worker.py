@@ -296,6 +296,7 @@ class AccountWorker:
             if await ledger.extend_lease(self._pool, self.account_id,
                                          self._settings.replica_id, ttl):
                 self._lease_until = asked + ttl
+                metrics.LEASE_RENEWALS.inc()
             else:
                 log.error("the account's lease was lost during a send")
         self._renewal = asyncio.create_task(renew())

@@ -3,6 +3,7 @@ import email
 import email.policy
 from typing import Any
 
+from services.sender import metrics
 from shared.messages import SendJob
 from shared.topology import make_message, publish
 from tests.conftest import eventually
@@ -243,3 +244,18 @@ async def test_a_copy_of_a_job_already_sent_is_not_sent_again(start_sender: Any)
         assert again["event_id"] == first["event_id"]  # the same event, for deduplication
         assert len(server.messages) == 1
         assert await ledger_states(stack, body["delivery_id"]) == {"sent": 1}
+
+
+async def test_a_send_outlasting_the_kept_lease_renews_it(start_sender: Any) -> None:
+    async with smtp_server(data_delay_s=1.8) as server:
+        # The lease kept after the first send ends 2 s after it; the second send takes 1.8 s
+        # from a few milliseconds later, so it must renew the lease on its way.
+        stack = await sender_on(start_sender, server, send_interval_ms=0,
+                                settings={"lease_hold_s": 2.0})
+        renewals = metrics.LEASE_RENEWALS._value.get()
+        body = request_body(account_id=stack.account_id, recipients=recipients(2))
+        await stack.dispatcher.publish_request(body)
+        await stack.wait_event(lambda e: e["type"] == "delivery.completed")
+        assert metrics.LEASE_RENEWALS._value.get() == renewals + 1
+        assert len(server.messages) == 2
+        assert await ledger_states(stack, body["delivery_id"]) == {"sent": 2}

@@ -80,6 +80,7 @@ class SmtpTestServer(Observable):
     hide_starttls: bool = False
     refuse_recipients: frozenset[str] = frozenset()
     drop_after_data: bool = False
+    data_delay_s: float = 0.0  # a slow provider: the reply to the data comes this much later
     smtputf8: bool = False
     idle_timeout_s: float = 300.0
     # A provider's cap: at most `rate_limit[0]` transactions per `rate_limit[1]` seconds;
@@ -247,6 +248,8 @@ class _Handler:
             ended_at=time.monotonic(),
         ))
         self.test_server.changed()
+        if self.test_server.data_delay_s:
+            await asyncio.sleep(self.test_server.data_delay_s)
         if self.test_server.drop_after_data:
             # Took the message, then vanish without a reply: the client cannot know.
             assert smtp.transport is not None
