@@ -43,18 +43,23 @@ async def _init_connection(connection: asyncpg.Connection) -> None:
     )
 
 
+async def create_pool(dsn: str, max_size: int = 10, min_size: int = 1) -> asyncpg.Pool:
+    return await asyncpg.create_pool(
+        dsn, min_size=min_size, max_size=max_size, init=_init_connection, command_timeout=30
+    )
+
+
 async def _keep_session(connection: asyncpg.Connection) -> None:
     """No reset query on release (asyncpg still rolls back an open transaction)."""
 
 
-async def create_pool(dsn: str, max_size: int = 10, min_size: int = 1, *,
-                      reset_sessions: bool = True) -> asyncpg.Pool:
-    """`reset_sessions=False` is for code that leaves no session state behind (no session
-    advisory locks, LISTEN, SET or cursors): it saves the reset query asyncpg otherwise runs
-    on every release, a round trip as long as the query itself (docs/benchmarks.md)."""
+async def create_stateless_pool(dsn: str, max_size: int = 10, min_size: int = 1) -> asyncpg.Pool:
+    """For code that leaves no session state behind (no session advisory locks, LISTEN, SET or
+    cursors): no reset query on each release, a round trip as long as the query itself
+    (docs/benchmarks.md)."""
     return await asyncpg.create_pool(
         dsn, min_size=min_size, max_size=max_size, init=_init_connection, command_timeout=30,
-        reset=None if reset_sessions else _keep_session,
+        reset=_keep_session,
     )
 
 

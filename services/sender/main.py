@@ -10,7 +10,7 @@ import structlog
 from services.sender.settings import SenderSettings
 from services.sender.supervisor import Supervisor
 from shared.crypto import SecretBox
-from shared.db import create_pool, require_schema
+from shared.db import create_stateless_pool, require_schema
 from shared.http import Health, HttpServer, health_app
 from shared.outbox import OutboxRelay
 from shared.runtime import stop_on_signals
@@ -33,8 +33,8 @@ async def serve(settings: SenderSettings) -> None:
     box = SecretBox(settings.encryption_keys())
     topology = Topology(retry_delays_s=settings.retry_tiers())
     # The sender keeps no session state on its connections: no reset query on each release.
-    pool = await create_pool(settings.postgres_dsn.get_secret_value(), settings.db_pool_max,
-                             reset_sessions=False)
+    pool = await create_stateless_pool(settings.postgres_dsn.get_secret_value(),
+                                       settings.db_pool_max)
     try:
         async with pool.acquire() as db:
             for service, folder in NEEDED.items():
