@@ -14,11 +14,6 @@ SETTLED = frozenset({"sent", "failed", "unknown"})
 @dataclass(frozen=True)
 class Recorded:
     applied: bool  # False: the row was already settled (another copy of the job)
-    completed: bool  # this outcome completed the delivery
-    sent: int
-    failed: int
-    unknown: int
-    total: int
     attempts: int
     lease_kept: bool  # the account's lease is still ours, for the hold asked
 

@@ -16,12 +16,13 @@ DROP FUNCTION record_outcome(text, integer, text, integer, text, text, uuid, tex
 --   a little), so that its next send needs no round trip to take it; NULL gives it back;
 -- * p_event: the mail.* event of this outcome (its attempts filled in here), and, when this
 --   outcome completes the delivery, its delivery.completed event (id p_completed_id).
+-- It returns whether the outcome applied, the attempts so far and whether the lease is still
+-- the sender's; the events carry the rest (the counters the old function returned).
 CREATE FUNCTION record_outcome(
     p_delivery_id text, p_idx integer, p_state text, p_code integer, p_message text,
     p_message_id text, p_account uuid, p_owner text, p_touched_server boolean,
     p_hold interval, p_event jsonb, p_completed_id text
-) RETURNS TABLE (applied boolean, completed boolean, sent integer, failed integer,
-                 unknown integer, total integer, attempts integer, lease_kept boolean)
+) RETURNS TABLE (applied boolean, attempts integer, lease_kept boolean)
 LANGUAGE plpgsql AS $$
 DECLARE
     n integer;
@@ -48,7 +49,7 @@ BEGIN
     RETURNING r.attempts INTO tries;
     GET DIAGNOSTICS n = ROW_COUNT;
     IF n = 0 THEN
-        RETURN QUERY SELECT false, false, 0, 0, 0, 0, 0, kept;
+        RETURN QUERY SELECT false, 0, kept;
         RETURN;
     END IF;
     IF p_event IS NOT NULL THEN
@@ -57,7 +58,7 @@ BEGIN
                 jsonb_set(p_event, '{attempts}', to_jsonb(tries)));
     END IF;
     IF NOT settles THEN
-        RETURN QUERY SELECT true, false, 0, 0, 0, 0, tries, kept;
+        RETURN QUERY SELECT true, tries, kept;
         RETURN;
     END IF;
     UPDATE deliveries AS x
@@ -80,6 +81,6 @@ BEGIN
             'metadata', d.metadata, 'sent', d.sent, 'failed', d.failed + d.unknown,
             'total', d.total));
     END IF;
-    RETURN QUERY SELECT true, done, d.sent, d.failed, d.unknown, d.total, tries, kept;
+    RETURN QUERY SELECT true, tries, kept;
 END;
 $$;
