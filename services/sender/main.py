@@ -9,6 +9,7 @@ import structlog
 
 from services.sender.settings import SenderSettings
 from services.sender.supervisor import Supervisor
+from services.sender.worker import Composers, SenderParts
 from shared.crypto import SecretBox
 from shared.db import create_stateless_pool, require_schema
 from shared.http import Health, HttpServer, health_app
@@ -49,9 +50,11 @@ async def serve(settings: SenderSettings) -> None:
             relay = OutboxRelay(pool, await open_confirmed_channel(connection), topology,
                                 table="sender_outbox", poll_s=settings.outbox_poll_s,
                                 linger_s=settings.outbox_linger_ms / 1000)
-            supervisor = Supervisor(
-                connection, pool, settings, box, client_ssl_context(settings.smtp_ca_file),
-                topology, EventPublisher(publishing, topology), publishing, relay.wake)
+            supervisor = Supervisor(connection, SenderParts(
+                pool=pool, settings=settings, box=box,
+                ssl_context=client_ssl_context(settings.smtp_ca_file), topology=topology,
+                events=EventPublisher(publishing, topology), publish_channel=publishing,
+                composers=Composers(pool), wake_events=relay.wake))
             health = Health()
             health.add_check("broker", lambda: not connection.is_closed)
             health.add_check("database", lambda: not pool.is_closing())

@@ -10,21 +10,15 @@ consumers over the replicas, and a standby takes over when a replica dies.
 import asyncio
 import contextlib
 import hashlib
-import ssl
-from collections.abc import Callable
 from datetime import timedelta
 from typing import Any
 
-import asyncpg
 import orjson
 import structlog
-from aio_pika.abc import AbstractChannel, AbstractConnection, AbstractIncomingMessage
+from aio_pika.abc import AbstractConnection, AbstractIncomingMessage
 
 from services.sender import ledger, metrics
-from services.sender.settings import SenderSettings
-from services.sender.worker import AccountWorker, Composers
-from shared.crypto import SecretBox
-from shared.topology import EventPublisher, Topology
+from services.sender.worker import AccountWorker, SenderParts
 
 log = structlog.get_logger(__name__)
 
@@ -41,20 +35,9 @@ def rendezvous_owner(account_id: str, replicas: list[str]) -> str | None:
 
 
 class Supervisor:
-    def __init__(self, connection: AbstractConnection, pool: asyncpg.Pool,
-                 settings: SenderSettings, box: SecretBox, ssl_context: ssl.SSLContext,
-                 topology: Topology, events: EventPublisher,
-                 publish_channel: AbstractChannel, wake_events: Callable[[], None]) -> None:
+    def __init__(self, connection: AbstractConnection, parts: SenderParts) -> None:
         self._connection = connection
-        self._pool = pool
-        self._settings = settings
-        self._box = box
-        self._ssl_context = ssl_context
-        self._topology = topology
-        self._events = events
-        self._publish_channel = publish_channel
-        self._wake_events = wake_events
-        self._composers = Composers(pool)
+        self._parts = parts
         self.workers: dict[str, AccountWorker] = {}
         self._channels: list[list[Any]] = []  # [channel, consumers on it]
         self._lock = asyncio.Lock()
@@ -70,7 +53,7 @@ class Supervisor:
         await self._heartbeat()
         events = await self._connection.channel()
         queue = await events.declare_queue(exclusive=True, auto_delete=True)
-        await queue.bind(self._topology.events_exchange, routing_key="account.*")
+        await queue.bind(self._parts.topology.events_exchange, routing_key="account.*")
         await queue.consume(self._on_account_event, no_ack=True)
         await self.reconcile()
         for name, loop in (("reconcile", self._reconcile_loop), ("idle", self._idle_loop),
@@ -93,8 +76,8 @@ class Supervisor:
             await worker.close_session()
             with contextlib.suppress(Exception):
                 await worker.release_lease()
-        await self._pool.execute("DELETE FROM sender_replicas WHERE replica_id = $1",
-                                 self._settings.replica_id)
+        await self._parts.pool.execute("DELETE FROM sender_replicas WHERE replica_id = $1",
+                                       self._parts.settings.replica_id)
 
     @staticmethod
     async def _idle(worker: AccountWorker) -> None:
@@ -109,7 +92,7 @@ class Supervisor:
     # -- consumers ------------------------------------------------------------------------
 
     async def reconcile(self, only: str | None = None) -> None:
-        rows = await ledger.live_accounts(self._pool)
+        rows = await ledger.live_accounts(self._parts.pool)
         if only is not None:
             rows = [row for row in rows if str(row["id"]) == only]
         wanted = {str(row["id"]): row for row in rows
@@ -126,7 +109,8 @@ class Supervisor:
                 worker = self.workers.get(account_id)
                 if worker is not None and worker.consumer_tag is not None:
                     continue
-                if rendezvous_owner(account_id, replicas) in (None, self._settings.replica_id):
+                owner = rendezvous_owner(account_id, replicas)
+                if owner in (None, self._parts.settings.replica_id):
                     await self._subscribe(account_id)
                 elif account_id not in pending:
                     later.append(account_id)
@@ -148,7 +132,7 @@ class Supervisor:
 
     async def _subscribe_standby(self, account_ids: list[str]) -> None:
         for account_id in account_ids:
-            rows = [row for row in await ledger.live_accounts(self._pool)
+            rows = [row for row in await ledger.live_accounts(self._parts.pool)
                     if str(row["id"]) == account_id]
             async with self._lock:
                 worker = self.workers.get(account_id)
@@ -158,17 +142,17 @@ class Supervisor:
                     await self._subscribe(account_id)
 
     async def _subscribe(self, account_id: str) -> None:
-        account = await ledger.account(self._pool, account_id)
+        account = await ledger.account(self._parts.pool, account_id)
         if account is None:
             return
-        await ledger.ensure_runtime(self._pool, account_id)
+        await ledger.ensure_runtime(self._parts.pool, account_id)
         worker = self.workers.get(account_id)
         if worker is None:
             worker = await self._worker_for(account)
         else:
             await worker.update(account)
         channel = await self._channel_with_room()
-        worker.queue = await self._topology.declare_account_queue(channel[0], account_id)
+        worker.queue = await self._parts.topology.declare_account_queue(channel[0], account_id)
         worker.consumer_tag = await worker.queue.consume(worker.on_message)
         channel[1] += 1
         log.info("consuming", account_id=account_id)
@@ -192,7 +176,7 @@ class Supervisor:
 
     async def _channel_with_room(self) -> list[Any]:
         for entry in self._channels:
-            if entry[1] < self._settings.consumers_per_channel and not entry[0].is_closed:
+            if entry[1] < self._parts.settings.consumers_per_channel and not entry[0].is_closed:
                 return entry
         channel = await self._connection.channel()
         await channel.set_qos(prefetch_count=1)  # per consumer: global is off
@@ -224,7 +208,7 @@ class Supervisor:
                           account_id=account_id)
 
     async def _follow(self, kind: str, account_id: str) -> None:
-        account = await ledger.account(self._pool, account_id)
+        account = await ledger.account(self._parts.pool, account_id)
         worker = self.workers.get(account_id)
         if account is not None and kind in ("account.updated", "account.resumed"):
             reason = account["paused_reason"]
@@ -236,7 +220,7 @@ class Supervisor:
                 await worker.resume(announce=kind != "account.resumed")
                 metrics.PAUSED.dec()
                 self._stop_probe(account_id)
-                account = await ledger.account(self._pool, account_id)
+                account = await ledger.account(self._parts.pool, account_id)
             if worker is not None and account is not None:
                 async with worker.busy:
                     await worker.update(account)
@@ -254,12 +238,12 @@ class Supervisor:
             task.cancel()
 
     async def _probe_loop(self, account_id: str) -> None:
-        wait = self._settings.probe_min_s
+        wait = self._parts.settings.probe_min_s
         try:
             while True:
                 await asyncio.sleep(wait)
                 worker = self.workers.get(account_id)
-                account = await ledger.account(self._pool, account_id)
+                account = await ledger.account(self._parts.pool, account_id)
                 if account is None or account["paused_reason"] != "connect":
                     return
                 if worker is None:
@@ -269,16 +253,12 @@ class Supervisor:
                     metrics.PAUSED.dec()
                     await self.reconcile(only=account_id)
                     return
-                wait = min(wait * 2, self._settings.probe_max_s)
+                wait = min(wait * 2, self._parts.settings.probe_max_s)
         finally:
             self._probes.pop(account_id, None)
 
     async def _worker_for(self, account: Any) -> AccountWorker:
-        worker = AccountWorker(
-            account, pool=self._pool, settings=self._settings, box=self._box,
-            ssl_context=self._ssl_context, topology=self._topology, events=self._events,
-            publish_channel=self._publish_channel, composers=self._composers,
-            on_pause=self._on_pause, wake_events=self._wake_events)
+        worker = AccountWorker(account, self._parts, self._on_pause)
         self.workers[str(account["id"])] = worker
         return worker
 
@@ -286,7 +266,7 @@ class Supervisor:
 
     async def _reconcile_loop(self) -> None:
         while True:
-            await asyncio.sleep(self._settings.reconcile_s)
+            await asyncio.sleep(self._parts.settings.reconcile_s)
             try:
                 await self.reconcile()
             except Exception:
@@ -294,15 +274,15 @@ class Supervisor:
 
     async def _idle_loop(self) -> None:
         while True:
-            await asyncio.sleep(min(5.0, self._settings.smtp_idle_close_s))
+            await asyncio.sleep(min(5.0, self._parts.settings.smtp_idle_close_s))
             now = asyncio.get_running_loop().time()
             for worker in list(self.workers.values()):
                 await worker.close_if_idle(now)
 
     async def _heartbeat(self) -> None:
-        await self._pool.execute(
+        await self._parts.pool.execute(
             "INSERT INTO sender_replicas (replica_id) VALUES ($1) ON CONFLICT (replica_id) "
-            "DO UPDATE SET seen_at = now()", self._settings.replica_id)
+            "DO UPDATE SET seen_at = now()", self._parts.settings.replica_id)
 
     async def _heartbeat_loop(self) -> None:
         while True:
@@ -313,7 +293,7 @@ class Supervisor:
                 log.exception("heartbeat failed")
 
     async def _live_replicas(self) -> list[str]:
-        rows = await self._pool.fetch(
+        rows = await self._parts.pool.fetch(
             "SELECT replica_id FROM sender_replicas WHERE seen_at > now() - $1::interval",
             timedelta(seconds=HEARTBEAT_S * 3))
         return [row["replica_id"] for row in rows]

@@ -14,12 +14,18 @@ import ssl
 import time
 from collections import OrderedDict
 from collections.abc import Awaitable, Callable
+from dataclasses import dataclass
 from datetime import UTC, datetime, timedelta
 from typing import Any
 
 import asyncpg
 import structlog
-from aio_pika.abc import AbstractChannel, AbstractIncomingMessage, AbstractQueue
+from aio_pika.abc import (
+    AbstractChannel,
+    AbstractExchange,
+    AbstractIncomingMessage,
+    AbstractQueue,
+)
 from pydantic import ValidationError
 
 from services.sender import ledger, metrics
@@ -91,24 +97,26 @@ class Composers:
         return entry
 
 
+@dataclass(frozen=True)
+class SenderParts:
+    """What a sender's supervisor and every account worker share, built once in `main`."""
+    pool: asyncpg.Pool
+    settings: SenderSettings
+    box: SecretBox
+    ssl_context: ssl.SSLContext
+    topology: Topology
+    events: EventPublisher  # account events, published at once
+    publish_channel: AbstractChannel  # jobs put back, retried or dead-lettered (confirmed)
+    composers: Composers
+    wake_events: Callable[[], None]  # the outbox relay's: outcomes' events were committed
+
+
 class AccountWorker:
-    def __init__(self, account: Any, *, pool: asyncpg.Pool, settings: SenderSettings,
-                 box: SecretBox, ssl_context: ssl.SSLContext, topology: Topology,
-                 events: EventPublisher, publish_channel: AbstractChannel,
-                 composers: Composers, on_pause: PauseHook,
-                 wake_events: Callable[[], None]) -> None:
+    def __init__(self, account: Any, parts: SenderParts, on_pause: PauseHook) -> None:
         self.account_id = str(account["id"])
         self.account = account
-        self._pool = pool
-        self._settings = settings
-        self._box = box
-        self._ssl_context = ssl_context
-        self._topology = topology
-        self._events = events
-        self._publish_channel = publish_channel
-        self._composers = composers
+        self._parts = parts
         self._on_pause = on_pause
-        self._wake_events = wake_events
         self._session: SmtpSession | None = None
         self._last_used = 0.0  # monotonic end of the last SMTP transaction
         # Monotonic; the pause runs from here: the return of the last outcome's transaction,
@@ -131,7 +139,7 @@ class AccountWorker:
     def _effective_interval(self, account: Any) -> int:
         configured = account["send_interval_ms"]
         throttled = account["throttled_interval_ms"] or 0
-        return min(max(configured, throttled), self._settings.max_interval_ms)
+        return min(max(configured, throttled), self._parts.settings.max_interval_ms)
 
     async def update(self, account: Any) -> None:
         """New settings: the next send opens a session with them."""
@@ -146,16 +154,16 @@ class AccountWorker:
 
     async def close_if_idle(self, now: float) -> None:
         if (self._session is not None and not self.busy.locked()
-                and now - self._last_used > self._settings.smtp_idle_close_s):
+                and now - self._last_used > self._parts.settings.smtp_idle_close_s):
             async with self.busy:
                 await self.close_session()
 
     def _session_for_send(self) -> SmtpSession:
         if self._session is None:
             self._session = SmtpSession(
-                smtp_endpoint(self.account, self._box), ssl_context=self._ssl_context,
-                timeout_s=self._settings.smtp_timeout_s,
-                pop_max_age_s=self._settings.pop_max_age_s)
+                smtp_endpoint(self.account, self._parts.box), ssl_context=self._parts.ssl_context,
+                timeout_s=self._parts.settings.smtp_timeout_s,
+                pop_max_age_s=self._parts.settings.pop_max_age_s)
         return self._session
 
     # -- one message ----------------------------------------------------------------------
@@ -186,10 +194,10 @@ class AccountWorker:
             return
         structlog.contextvars.bind_contextvars(delivery_id=job.delivery_id, index=job.index)
         try:
-            composer, metadata = await self._composers.get(job.delivery_id, self.account)
+            composer, metadata = await self._parts.composers.get(job.delivery_id, self.account)
             mail = composer.compose(email=job.email, name=job.name, vars=job.vars)
         except (LookupError, ValueError) as error:
-            row = await ledger.recipient(self._pool, job.delivery_id, job.index)
+            row = await ledger.recipient(self._parts.pool, job.delivery_id, job.index)
             if await self._done_already(message, job, row):
                 return
             if isinstance(error, LookupError):
@@ -203,7 +211,8 @@ class AccountWorker:
         await self._wait_for_turn()
         self._observe_pause(arrived)
         # The ledger row is read while MAIL and RCPT are on the wire; DATA waits for it.
-        check = asyncio.ensure_future(ledger.recipient(self._pool, job.delivery_id, job.index))
+        check = asyncio.ensure_future(
+            ledger.recipient(self._parts.pool, job.delivery_id, job.index))
 
         async def still_to_send() -> bool:
             row = await check
@@ -258,17 +267,17 @@ class AccountWorker:
             # Still ours since our last send: no other sender has sent since.
             await sleep_until(self._paced_from + interval_s)
             return
-        owner = self._settings.replica_id
+        owner = self._parts.settings.replica_id
         while True:
             asked = time.monotonic()
-            wait_s = await ledger.take_lease(self._pool, self.account_id, owner,
-                                             self.interval_ms, self._settings.lease_ttl_s)
+            wait_s = await ledger.take_lease(self._parts.pool, self.account_id, owner,
+                                             self.interval_ms, self._parts.settings.lease_ttl_s)
             if wait_s is not None:
                 break
             # Another replica sends for this account (a consumer hand-over in progress).
             await asyncio.sleep(min(1.0, max(0.05, await ledger.lease_left_s(
-                self._pool, self.account_id))))
-        self._lease_until = asked + wait_s + self._settings.lease_ttl_s
+                self._parts.pool, self.account_id))))
+        self._lease_until = asked + wait_s + self._parts.settings.lease_ttl_s
         # From now, not from the question: the wait was computed before the answer came.
         await sleep_until(time.monotonic() + wait_s)
 
@@ -292,9 +301,9 @@ class AccountWorker:
     def _renew_lease(self) -> None:
         async def renew() -> None:
             asked = time.monotonic()
-            ttl = self._settings.lease_ttl_s
-            if await ledger.extend_lease(self._pool, self.account_id,
-                                         self._settings.replica_id, ttl):
+            ttl = self._parts.settings.lease_ttl_s
+            if await ledger.extend_lease(self._parts.pool, self.account_id,
+                                         self._parts.settings.replica_id, ttl):
                 self._lease_until = asked + ttl
                 metrics.LEASE_RENEWALS.inc()
             else:
@@ -306,8 +315,8 @@ class AccountWorker:
         replica need not wait for it to run out."""
         if self._lease_until > time.monotonic():
             self._lease_until = 0.0
-            await ledger.release_lease(self._pool, self.account_id, self._settings.replica_id,
-                                       touched_server=False)
+            await ledger.release_lease(self._parts.pool, self.account_id,
+                                       self._parts.settings.replica_id, touched_server=False)
 
     # -- outcomes -------------------------------------------------------------------------
 
@@ -329,7 +338,7 @@ class AccountWorker:
                 attempts=0, outcome="unknown" if unknown else "failed")
         recorded = await self._record(job, state, code, text, message_id, touched_server, event)
         if recorded.applied:
-            self._wake_events()
+            self._parts.wake_events()
         metrics.OUTCOMES.labels(self.account_id, state).inc()
         if touched_server:
             metrics.LAST_SEND.labels(self.account_id).set_to_current_time()
@@ -343,12 +352,12 @@ class AccountWorker:
         # another replica may have the queue, and should not wait for it.
         keep = touched_server and self.consumer_tag is not None and not self.paused
         hold = timedelta(milliseconds=self.interval_ms,
-                         seconds=self._settings.lease_hold_s) if keep else None
+                         seconds=self._parts.settings.lease_hold_s) if keep else None
         asked = time.monotonic()
         recorded = await ledger.record(
-            self._pool, delivery_id=job.delivery_id, index=job.index, state=state, code=code,
+            self._parts.pool, delivery_id=job.delivery_id, index=job.index, state=state, code=code,
             message=text, message_id=message_id, account_id=self.account_id,
-            owner=self._settings.replica_id, touched_server=touched_server, hold=hold,
+            owner=self._parts.settings.replica_id, touched_server=touched_server, hold=hold,
             event=None if event is None else event.model_dump(mode="json"),
             completed_id=stable_event_id(job.delivery_id, "completed"))
         metrics.RECORD_SECONDS.observe(time.monotonic() - asked)
@@ -369,13 +378,13 @@ class AccountWorker:
     async def _republish(self, job: SendJob, row: Any) -> None:
         state = row["state"]
         if state == "sent":
-            await self._events.publish(MailSent(
+            await self._parts.events.publish(MailSent(
                 event_id=stable_event_id(job.job_id, "sent"), delivery_id=job.delivery_id,
                 metadata=row["metadata"], account_id=self.account_id, recipient=job.email,
                 message_id=row["message_id"] or "", smtp_code=row["last_smtp_code"] or 250,
                 attempts=row["attempts"]))
         if row["completed_at"] is not None:
-            await self._events.publish(self._completed(
+            await self._parts.events.publish(self._completed(
                 job, row["metadata"], row["sent"], row["failed"] + row["unknown"], row["total"]))
         log.info("job already settled; not sent again", outcome=state)
 
@@ -390,7 +399,7 @@ class AccountWorker:
             await self._settle(message, job, metadata, "failed", error.code, error.text, None,
                                touched_server=True, stage=verdict.event_stage)
             return
-        if verdict.kind is Kind.UNKNOWN and not self._settings.retry_unknown:
+        if verdict.kind is Kind.UNKNOWN and not self._parts.settings.retry_unknown:
             await self._settle(message, job, metadata, "unknown", error.code,
                                f"no answer after the message was sent ({error.text}): it may "
                                "have been delivered", None, touched_server=True,
@@ -399,7 +408,7 @@ class AccountWorker:
         if verdict.kind is Kind.THROTTLED:
             await self._slow_down(error, verdict)
         age = datetime.now(UTC) - job.first_queued_at
-        if age > timedelta(seconds=self._settings.retry_max_age_s):
+        if age > timedelta(seconds=self._parts.settings.retry_max_age_s):
             await self._settle(message, job, metadata, "failed", error.code,
                                f"still failing after {age}: {error.text}", None,
                                touched_server=True, stage=verdict.event_stage, permanent=False)
@@ -407,23 +416,22 @@ class AccountWorker:
         await self._defer(message, job, metadata, error, verdict)
         if verdict.pause_reason == "connect":
             self._connect_failures += 1
-            if self._connect_failures >= self._settings.connect_failures_to_pause:
+            if self._connect_failures >= self._parts.settings.connect_failures_to_pause:
                 await self._pause(error, "connect")
 
     async def _defer(self, message: AbstractIncomingMessage, job: SendJob, metadata: dict,
                      error: SmtpStageError, verdict: Verdict) -> None:
         recorded = await self._record(job, "deferred", error.code, error.text, None,
                                       touched_server=True, event=None)
-        tiers = self._topology.retry_delays_s
+        tiers = self._parts.topology.retry_delays_s
         delay = retry_delay(max(1, recorded.attempts), tiers)
         if verdict.retry_after_s:  # the server said when: the first tier that waits enough
             delay = next((tier for tier in tiers if tier >= verdict.retry_after_s), tiers[-1])
-        exchange = await self._publish_channel.get_exchange(self._topology.retry_name(delay),
-                                                            ensure=False)
+        exchange = await self._exchange(self._parts.topology.retry_name(delay))
         await publish(exchange, self.account_id, make_message(
             message.body, message_id=message.message_id or job.job_id,
             headers={**(message.headers or {}), "x-retry-delay-s": delay}, type_="mail.send"))
-        await self._events.publish(MailDeferred(
+        await self._parts.events.publish(MailDeferred(
             event_id=stable_event_id(job.job_id, "deferred", recorded.attempts),
             delivery_id=job.delivery_id, metadata=metadata, account_id=self.account_id,
             recipient=job.email, smtp_code=error.code, smtp_message=error.text,
@@ -434,13 +442,13 @@ class AccountWorker:
     async def _slow_down(self, error: SmtpStageError, verdict: Verdict) -> None:
         configured = self.account["send_interval_ms"]
         self.interval_ms = next_interval_ms(self.interval_ms, configured, verdict.retry_after_s,
-                                            self._settings.max_interval_ms)
+                                            self._parts.settings.max_interval_ms)
         self._successes = 0
-        await ledger.set_interval(self._pool, self.account_id, self.interval_ms)
+        await ledger.set_interval(self._parts.pool, self.account_id, self.interval_ms)
         if not self.throttled:
             self.throttled = True
             metrics.THROTTLED.inc()
-        await self._events.publish(AccountThrottled(
+        await self._parts.events.publish(AccountThrottled(
             account_id=self.account_id, smtp_code=error.code, smtp_message=error.text,
             interval_ms=self.interval_ms))
         log.warning("account throttled by its provider", interval_ms=self.interval_ms)
@@ -454,7 +462,8 @@ class AccountWorker:
         if slower != self.interval_ms:
             self.interval_ms = slower
             at_pace = slower <= configured
-            await ledger.set_interval(self._pool, self.account_id, None if at_pace else slower)
+            await ledger.set_interval(self._parts.pool, self.account_id,
+                                      None if at_pace else slower)
             if at_pace and self.throttled:
                 self.throttled = False
                 metrics.THROTTLED.dec()
@@ -466,10 +475,9 @@ class AccountWorker:
         """The account is at fault: the job goes back to its queue untouched, the account
         stops. Not one recipient is failed for it."""
         self._lease_until = 0.0
-        await ledger.release_lease(self._pool, self.account_id, self._settings.replica_id,
-                                   touched_server=True)
-        send = await self._publish_channel.get_exchange(self._topology.send_exchange,
-                                                        ensure=False)
+        await ledger.release_lease(self._parts.pool, self.account_id,
+                                   self._parts.settings.replica_id, touched_server=True)
+        send = await self._exchange(self._parts.topology.send_exchange)
         await publish(send, self.account_id, make_message(
             message.body, message_id=message.message_id or job.job_id,
             headers=dict(message.headers or {}), type_="mail.send"))
@@ -480,8 +488,8 @@ class AccountWorker:
         self.paused = True
         await self.close_session()
         detail = f"{error.stage}: {error.code or ''} {error.text}".strip()
-        await ledger.set_paused(self._pool, self.account_id, reason, detail)
-        await self._events.publish(AccountPaused(
+        await ledger.set_paused(self._parts.pool, self.account_id, reason, detail)
+        await self._parts.events.publish(AccountPaused(
             account_id=self.account_id, reason=reason, smtp_code=error.code,
             smtp_message=error.text))
         log.warning("account paused", reason=reason, smtp_code=error.code,
@@ -493,16 +501,16 @@ class AccountWorker:
         published `account.resumed` (an operator's resume)."""
         self.paused = False
         self._connect_failures = 0
-        await ledger.set_paused(self._pool, self.account_id, None, None)
+        await ledger.set_paused(self._parts.pool, self.account_id, None, None)
         if announce:
-            await self._events.publish(AccountResumed(account_id=self.account_id))
+            await self._parts.events.publish(AccountResumed(account_id=self.account_id))
         log.info("account resumed", account_id=self.account_id)
 
     async def probe(self) -> bool:
         """Can the server be reached and logged in to again? (For connection pauses.)"""
-        session = SmtpSession(smtp_endpoint(self.account, self._box),
-                              ssl_context=self._ssl_context,
-                              timeout_s=self._settings.smtp_timeout_s)
+        session = SmtpSession(smtp_endpoint(self.account, self._parts.box),
+                              ssl_context=self._parts.ssl_context,
+                              timeout_s=self._parts.settings.smtp_timeout_s)
         try:
             await session.open()
         except SmtpStageError as error:
@@ -512,11 +520,14 @@ class AccountWorker:
             await session.close()
         return True
 
+    async def _exchange(self, name: str) -> AbstractExchange:
+        """An exchange of the topology (declared at start) on the confirmed channel."""
+        return await self._parts.publish_channel.get_exchange(name, ensure=False)
+
     async def _to_dead(self, message: AbstractIncomingMessage, reason: str, detail: str) -> None:
-        dead = await self._publish_channel.get_exchange(self._topology.dead_exchange,
-                                                        ensure=False)
+        dead = await self._exchange(self._parts.topology.dead_exchange)
         headers = {**(message.headers or {}), "x-reason": reason, "x-detail": detail,
-                   "x-original-queue": self._topology.account_queue(self.account_id)}
+                   "x-original-queue": self._parts.topology.account_queue(self.account_id)}
         await publish(dead, self.account_id, make_message(
             message.body, message_id=message.message_id or "", headers=headers))
         await message.ack()

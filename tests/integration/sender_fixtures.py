@@ -13,6 +13,7 @@ from aio_pika.abc import AbstractQueue, AbstractRobustConnection
 from services.sender.main import MIGRATIONS
 from services.sender.settings import SenderSettings
 from services.sender.supervisor import Supervisor
+from services.sender.worker import Composers, SenderParts
 from shared.crypto import SecretBox
 from shared.db import migrate
 from shared.messages import AccountUpdated
@@ -119,11 +120,12 @@ async def start_sender(dispatcher: Dispatcher, amqp: AbstractRobustConnection,
             await events.bind(dispatcher.topology.events_exchange, routing_key=key)
         relay = OutboxRelay(dispatcher.pool, await open_confirmed_channel(amqp),
                             dispatcher.topology, table="sender_outbox", poll_s=0.2)
-        supervisor = Supervisor(
-            amqp, dispatcher.pool, settings, SecretBox([KEY]),
-            client_ssl_context(settings.smtp_ca_file),
-            dispatcher.topology, EventPublisher(dispatcher.channel, dispatcher.topology),
-            dispatcher.channel, relay.wake)
+        supervisor = Supervisor(amqp, SenderParts(
+            pool=dispatcher.pool, settings=settings, box=SecretBox([KEY]),
+            ssl_context=client_ssl_context(settings.smtp_ca_file), topology=dispatcher.topology,
+            events=EventPublisher(dispatcher.channel, dispatcher.topology),
+            publish_channel=dispatcher.channel, composers=Composers(dispatcher.pool),
+            wake_events=relay.wake))
         relay_task = asyncio.create_task(relay.run())
         await supervisor.start()
         stack = SenderStack(dispatcher, supervisor, settings, events, [], relay, relay_task)
