@@ -1,16 +1,22 @@
 """Process life: the first SIGTERM or SIGINT asks for a graceful stop, the second exits now."""
 
+import argparse
 import asyncio
 import os
 import signal
+from collections.abc import Awaitable, Callable
+from pathlib import Path
+from typing import TypeVar
 
 import structlog
 from pydantic import SecretStr
 
+from shared.db import migrate_service
 from shared.logging import configure_logging, register_secret
 from shared.settings import ServiceSettings
 
 log = structlog.get_logger(__name__)
+S = TypeVar("S", bound=ServiceSettings)
 
 
 def start_logging(settings: ServiceSettings) -> None:
@@ -21,6 +27,27 @@ def start_logging(settings: ServiceSettings) -> None:
         if isinstance(value, SecretStr):
             for part in value.get_secret_value().split(","):  # key lists too
                 register_secret(part.strip())
+
+
+def serve_or_migrate(argv: list[str] | None, *, service: str, serve_help: str,
+                     settings_class: type[S], migrations: Path,
+                     serve: Callable[[S], Awaitable[None]]) -> None:
+    """`python -m services.<service> [serve|migrate]`: serve (the default) or apply the
+    service's database migrations, with its settings and logging."""
+    parser = argparse.ArgumentParser(
+        prog=f"python -m services.{service}",
+        description=f"Serve (the default), or apply the {service} database migrations.")
+    commands = parser.add_subparsers(dest="command")
+    commands.add_parser("serve", help=serve_help)
+    commands.add_parser("migrate", help="apply the database migrations")
+    args = parser.parse_args(argv)
+    settings = settings_class()
+    start_logging(settings)
+    if args.command == "migrate":
+        dsn = settings.postgres_dsn.get_secret_value()
+        asyncio.run(migrate_service(dsn, service, migrations))
+    else:
+        asyncio.run(serve(settings))
 
 
 def stop_on_signals() -> asyncio.Event:

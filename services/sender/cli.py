@@ -1,24 +1,11 @@
 """`python -m services.sender [serve|migrate]`."""
 
-import argparse
-import asyncio
-
 from services.sender.main import MIGRATIONS, SERVICE, serve
 from services.sender.settings import SenderSettings
-from shared.db import migrate_service
-from shared.runtime import start_logging
+from shared.runtime import serve_or_migrate
 
 
 def main(argv: list[str] | None = None) -> None:
-    parser = argparse.ArgumentParser(prog="python -m services.sender", description=__doc__)
-    commands = parser.add_subparsers(dest="command")
-    commands.add_parser("serve", help="send the jobs of every account")
-    commands.add_parser("migrate", help="apply the database migrations")
-    args = parser.parse_args(argv)
-    settings = SenderSettings()
-    start_logging(settings)
-    if args.command == "migrate":
-        dsn = settings.postgres_dsn.get_secret_value()
-        asyncio.run(migrate_service(dsn, SERVICE, MIGRATIONS))
-    else:
-        asyncio.run(serve(settings))
+    serve_or_migrate(argv, service=SERVICE, settings_class=SenderSettings,
+                     migrations=MIGRATIONS, serve=serve,
+                     serve_help="send the jobs of every account")
