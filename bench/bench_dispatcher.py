@@ -21,11 +21,8 @@ import argparse
 import asyncio
 import functools
 import os
-import signal
 import statistics
-import subprocess
 import sys
-import tempfile
 import time
 import uuid
 from collections.abc import Awaitable, Callable, Iterator
@@ -37,11 +34,11 @@ sys.path.insert(0, str(Path(__file__).resolve().parents[1]))  # run as a script 
 
 import aio_pika
 import asyncpg
-import httpx
 import orjson
 from aio_pika.abc import AbstractChannel, AbstractConnection, AbstractIncomingMessage
 
-from bench.procstats import cpu_seconds, free_port, proc_status
+from bench.procstats import cpu_seconds, proc_status
+from bench.service_process import BenchError, ServiceProcess
 from services.dispatcher.decode import decode_request
 from services.dispatcher.settings import DispatcherSettings
 from services.dispatcher.validate import prepare
@@ -56,7 +53,6 @@ from shared.topology import (
 )
 from tests.integration.dispatcher_fixtures import insert_account, migrate_all, request_body
 
-ROOT = Path(__file__).resolve().parents[1]
 RECIPIENTS = 100_000
 WARM_UP = 1_000
 CONFIRM_WINDOW = 1_000
@@ -78,10 +74,6 @@ HTML = (
     + "</body></html>\n"
 )
 PLANS = ("gold", "silver", "bronze", "platinum")
-
-
-class BenchError(Exception):
-    """The benchmark could not run (not a slow result: figures are never judged here)."""
 
 
 def recipient(i: int) -> dict[str, Any]:
@@ -108,73 +100,15 @@ def job_message(delivery_id: str, account_id: str, index: int,
 # -- the dispatcher process -----------------------------------------------------------------
 
 
-class DispatcherProcess:
-    def __init__(self, fanout_window: int | None) -> None:
-        self.port = free_port()
-        self.env = {**os.environ, "MAIL_JWT_SECRET": JWT_SECRET, "MAIL_HTTP_HOST": "127.0.0.1",
-                    "MAIL_HTTP_PORT": str(self.port), "MAIL_LOG_LEVEL": "info",
-                    "MAIL_LOG_FORMAT": "json"}
-        if fanout_window is not None:
-            self.env["MAIL_FANOUT_WINDOW"] = str(fanout_window)
-        self.fanout_window = int(self.env.get("MAIL_FANOUT_WINDOW") or
-                                 DispatcherSettings.model_fields["fanout_window"].default)
-        self.log = tempfile.NamedTemporaryFile(  # noqa: SIM115 - closed in stop()
-            prefix="bench-dispatcher-", suffix=".log")
-        self.process: asyncio.subprocess.Process | None = None
-
-    @property
-    def pid(self) -> int:
-        assert self.process is not None
-        return self.process.pid
-
-    def log_tail(self, lines: int = 30) -> str:
-        text = Path(self.log.name).read_text(errors="replace").splitlines()
-        return "\n".join(text[-lines:])
-
-    def check_alive(self) -> None:
-        if self.process is None or self.process.returncode is not None:
-            code = None if self.process is None else self.process.returncode
-            raise BenchError(f"the dispatcher exited (code {code}); its log ends with:\n"
-                             + self.log_tail())
-
-    async def start(self, timeout: float = 60) -> None:
-        self.process = await asyncio.create_subprocess_exec(
-            sys.executable, "-m", "services.dispatcher", cwd=ROOT, env=self.env,
-            stdout=self.log, stderr=subprocess.STDOUT)
-        deadline = time.monotonic() + timeout
-        async with httpx.AsyncClient(timeout=1) as client:
-            while True:
-                self.check_alive()
-                try:
-                    answer = await client.get(f"http://127.0.0.1:{self.port}/readyz")
-                    if answer.status_code == 200:
-                        return
-                except httpx.TransportError:
-                    pass
-                if time.monotonic() > deadline:
-                    raise BenchError(f"the dispatcher was not ready within {timeout:.0f} s; "
-                                     "its log ends with:\n" + self.log_tail())
-                await asyncio.sleep(0.1)
-
-    def reset_peak_rss(self) -> bool:
-        """Resets VmHWM to the current RSS (Linux: 5 > /proc/<pid>/clear_refs)."""
-        try:
-            Path(f"/proc/{self.pid}/clear_refs").write_text("5")
-        except OSError:
-            return False
-        return True
-
-    async def stop(self) -> None:
-        if self.process is not None and self.process.returncode is None:
-            self.process.send_signal(signal.SIGTERM)
-            try:
-                await asyncio.wait_for(self.process.wait(), 60)
-            except TimeoutError:
-                print("the dispatcher did not stop within 60 s of SIGTERM: killed",
-                      file=sys.stderr)
-                self.process.kill()
-                await self.process.wait()
-        self.log.close()
+def dispatcher_process(fanout_window: int | None) -> tuple[ServiceProcess, int]:
+    """The dispatcher, logging at info, and the fan-out window it uses."""
+    settings = {"MAIL_JWT_SECRET": JWT_SECRET, "MAIL_LOG_LEVEL": "info"}
+    if fanout_window is not None:
+        settings["MAIL_FANOUT_WINDOW"] = str(fanout_window)
+    process = ServiceProcess("dispatcher", settings)
+    window = int(process.env.get("MAIL_FANOUT_WINDOW") or
+                 DispatcherSettings.model_fields["fanout_window"].default)
+    return process, window
 
 
 # -- events ---------------------------------------------------------------------------------
@@ -244,7 +178,7 @@ class DispatcherRun:
 
 class Bench:
     def __init__(self, connection: AbstractConnection, channel: AbstractChannel,
-                 pool: asyncpg.Pool, dispatcher: DispatcherProcess, timeout: float) -> None:
+                 pool: asyncpg.Pool, dispatcher: ServiceProcess, timeout: float) -> None:
         self.connection = connection
         self.channel = channel
         self.pool = pool
@@ -488,13 +422,13 @@ async def run(args: argparse.Namespace) -> None:
     connection = await aio_pika.connect(amqp_url, timeout=10,
                                         client_properties={"connection_name": "bench"})
     pool = await create_pool(dsn, max_size=2)
-    dispatcher = DispatcherProcess(args.fanout_window)
+    dispatcher, fanout_window = dispatcher_process(args.fanout_window)
     bench: Bench | None = None
     try:
         channel = await open_confirmed_channel(connection)
         bench = Bench(connection, channel, pool, dispatcher, args.timeout)
         await bench.set_up()
-        await dispatcher.start()
+        await dispatcher.start(timeout=60)
         server = getattr(connection.transport.connection, "server_properties", None) or {}
         broker = str(server.get("version", "?"))
         _, job_size = bench.raw_job()
@@ -517,7 +451,7 @@ async def run(args: argparse.Namespace) -> None:
             runs.append(await bench.dispatch(RECIPIENTS))
         local = local_costs(bench.account_id)
         load = f"{load_before} before, {load_average()} after"
-        report(raws, runs, job_size, request_mb, dispatcher.fanout_window, broker, local, load)
+        report(raws, runs, job_size, request_mb, fanout_window, broker, local, load)
     finally:
         await dispatcher.stop()
         try:
