@@ -1,10 +1,7 @@
 """The dispatcher as a real process: killed with SIGKILL in the middle of a fan-out."""
 
-import asyncio
-import os
-import socket
-import sys
 from collections.abc import AsyncIterator
+from pathlib import Path
 
 import asyncpg
 import httpx
@@ -17,58 +14,24 @@ from shared.topology import Topology, make_message, open_confirmed_channel, publ
 from tests.conftest import eventually
 from tests.integration.amqp_helpers import receive
 from tests.integration.dispatcher_fixtures import insert_account, migrate_all, request_body
+from tests.support.processes import ServiceProcess
 
 JWT_SECRET = "process-test-secret-of-32-bytes!!"
 
 
-def free_port() -> int:
-    with socket.socket() as sock:
-        sock.bind(("127.0.0.1", 0))
-        return sock.getsockname()[1]
-
-
-class DispatcherProcess:
-    def __init__(self, amqp_url: str, postgres_dsn: str) -> None:
-        self.port = free_port()
-        self.env = {**os.environ, "MAIL_AMQP_URL": amqp_url, "MAIL_POSTGRES_DSN": postgres_dsn,
-                    "MAIL_JWT_SECRET": JWT_SECRET, "MAIL_HTTP_PORT": str(self.port),
-                    "MAIL_HTTP_HOST": "127.0.0.1", "MAIL_FANOUT_WINDOW": "250",
-                    "MAIL_LOG_LEVEL": "warning"}
-        self.process: asyncio.subprocess.Process | None = None
-
-    async def start(self) -> None:
-        self.process = await asyncio.create_subprocess_exec(
-            sys.executable, "-m", "services.dispatcher", env=self.env)
-
-        async def ready() -> bool:
-            try:
-                async with httpx.AsyncClient(timeout=1) as client:
-                    response = await client.get(f"http://127.0.0.1:{self.port}/readyz")
-                    return response.status_code == 200
-            except httpx.TransportError:
-                return False
-
-        await eventually(ready, timeout=30)
-
-    async def stop(self) -> None:
-        if self.process and self.process.returncode is None:
-            self.process.terminate()
-            await asyncio.wait_for(self.process.wait(), timeout=30)
-
-
 @pytest.fixture
-async def dispatcher_process(amqp_url: str, postgres_dsn: str,
-                             pool: asyncpg.Pool) -> AsyncIterator[DispatcherProcess]:
+async def dispatcher_process(amqp_url: str, postgres_dsn: str, pool: asyncpg.Pool,
+                             tmp_path: Path) -> AsyncIterator[ServiceProcess]:
     await migrate_all(pool)
-    process = DispatcherProcess(amqp_url, postgres_dsn)
+    process = ServiceProcess("services.dispatcher", {
+        "MAIL_AMQP_URL": amqp_url, "MAIL_POSTGRES_DSN": postgres_dsn,
+        "MAIL_JWT_SECRET": JWT_SECRET, "MAIL_FANOUT_WINDOW": "250"}, tmp_path / "dispatcher.log")
     yield process
-    if process.process and process.process.returncode is None:
-        process.process.kill()
-        await process.process.wait()
+    await process.kill()
 
 
 async def test_a_dispatcher_killed_mid_fanout_publishes_every_job_exactly_once(
-    dispatcher_process: DispatcherProcess, amqp: AbstractRobustConnection, pool: asyncpg.Pool,
+    dispatcher_process: ServiceProcess, amqp: AbstractRobustConnection, pool: asyncpg.Pool,
 ) -> None:
     topology = Topology()  # the process uses the contract's names
     channel = await open_confirmed_channel(amqp)
@@ -90,9 +53,7 @@ async def test_a_dispatcher_killed_mid_fanout_publishes_every_job_exactly_once(
             "AND state = 'queued'", body["delivery_id"])
 
     queued_at_kill = await eventually(some_queued, timeout=60, interval=0.005)
-    assert dispatcher_process.process is not None
-    dispatcher_process.process.kill()
-    await dispatcher_process.process.wait()
+    await dispatcher_process.kill()
     assert queued_at_kill < total, "the fan-out ended before the kill: nothing was tested"
 
     await dispatcher_process.start()
@@ -109,7 +70,7 @@ async def test_a_dispatcher_killed_mid_fanout_publishes_every_job_exactly_once(
     assert await topology.account_queue_depth(channel, account_id) == 0
 
     token = issue_token(JWT_SECRET, "tanaka", [])
-    async with httpx.AsyncClient(base_url=f"http://127.0.0.1:{dispatcher_process.port}",
+    async with httpx.AsyncClient(base_url=dispatcher_process.base_url,
                                  timeout=5) as client:
         status = await client.get(f"/v1/deliveries/{body['delivery_id']}",
                                   headers={"Authorization": f"Bearer {token}"})
@@ -127,6 +88,5 @@ async def test_a_dispatcher_killed_mid_fanout_publishes_every_job_exactly_once(
         assert [r["email"] for r in listing.json()["items"]] == ["r0@example.com",
                                                                  "r1@example.com"]
         assert (await client.get(f"/v1/deliveries/{body['delivery_id']}")).status_code == 401
-    await dispatcher_process.stop()
-    assert dispatcher_process.process.returncode == 0
+    assert await dispatcher_process.stop() == 0, dispatcher_process.log_tail()
     await channel.close()

@@ -15,11 +15,7 @@ ops CLI reads queue depths the same way.
 import asyncio
 import copy
 import json
-import os
 import re
-import signal
-import socket
-import sys
 import uuid
 from collections.abc import AsyncIterator, Awaitable, Callable
 from dataclasses import dataclass, field
@@ -66,6 +62,7 @@ from tests.conftest import eventually
 from tests.integration.accounts_fixtures import KEY, account_body
 from tests.integration.amqp_helpers import receive
 from tests.integration.dispatcher_fixtures import insert_account, migrate_all, request_body
+from tests.support.processes import ServiceProcess
 
 ROOT = Path(__file__).parents[2]
 DEFINITIONS = ROOT / "deploy" / "rabbitmq" / "definitions.json"
@@ -737,61 +734,10 @@ async def test_the_ops_cli_reads_account_queue_depths_as_mail_ops(
 # --- the real processes -----------------------------------------------------------------
 
 
-def free_port() -> int:
-    with socket.socket() as sock:
-        sock.bind(("127.0.0.1", 0))
-        return sock.getsockname()[1]
-
-
-class ServiceProcess:
-    """`python -m <module>` as one of the definitions' users; its log in a file."""
-
-    def __init__(self, module: str, amqp_url: str, log_path: Path, **env: str) -> None:
-        self.module = module
-        self.port = free_port()
-        self.log_path = log_path
-        self.env = {**os.environ, "MAIL_AMQP_URL": amqp_url, "MAIL_HTTP_HOST": "127.0.0.1",
-                    "MAIL_HTTP_PORT": str(self.port), "MAIL_LOG_FORMAT": "json",
-                    "MAIL_LOG_LEVEL": "warning", "MAIL_JWT_SECRET": JWT_SECRET,
-                    "MAIL_FERNET_KEYS": KEY, **env}
-        self.process: asyncio.subprocess.Process | None = None
-
-    @property
-    def base_url(self) -> str:
-        return f"http://127.0.0.1:{self.port}"
-
-    async def start(self, timeout: float = 60) -> None:
-        with self.log_path.open("ab") as log:
-            self.process = await asyncio.create_subprocess_exec(
-                sys.executable, "-m", self.module, env=self.env, cwd=ROOT, stdout=log,
-                stderr=log)
-
-        async def ready() -> bool:
-            assert self.process is not None
-            if self.process.returncode is not None:
-                pytest.fail(f"{self.module} exited with {self.process.returncode}:\n"
-                            f"{self.log()}")
-            try:
-                async with httpx.AsyncClient(timeout=1) as client:
-                    return (await client.get(f"{self.base_url}/readyz")).status_code == 200
-            except httpx.TransportError:
-                return False
-
-        await eventually(ready, timeout=timeout, interval=0.1)
-
-    def log(self) -> str:
-        return self.log_path.read_text(errors="replace") if self.log_path.exists() else ""
-
-    async def stop(self) -> int | None:
-        if self.process is None or self.process.returncode is not None:
-            return self.process.returncode if self.process else None
-        self.process.send_signal(signal.SIGTERM)
-        try:
-            return await asyncio.wait_for(self.process.wait(), timeout=30)
-        except TimeoutError:
-            self.process.kill()
-            await self.process.wait()
-            return None
+def service(module: str, amqp_url: str, log_path: Path, **env: str) -> ServiceProcess:
+    """`python -m <module>` as one of the definitions' users."""
+    return ServiceProcess(module, {"MAIL_AMQP_URL": amqp_url, "MAIL_JWT_SECRET": JWT_SECRET,
+                                   "MAIL_FERNET_KEYS": KEY, **env}, log_path)
 
 
 @pytest.fixture
@@ -812,17 +758,18 @@ async def test_the_services_run_as_their_own_users(
     """config_svc, the dispatcher and the sender start (/readyz) as their users; an account
     created through the API gets its queue (config_svc) and its consumer (the sender, told by
     the account.created event on its server-named queue)."""
-    config = ServiceProcess("services.config_svc", broker.url("mail-config"),
+    config = service("services.config_svc", broker.url("mail-config"),
                             tmp_path / "config_svc.log")
-    dispatcher = ServiceProcess("services.dispatcher", broker.url("mail-dispatcher"),
+    dispatcher = service("services.dispatcher", broker.url("mail-dispatcher"),
                                 tmp_path / "dispatcher.log")
     # The sender serves every live account of the shared test database: a slow reconcile,
     # a name of its own; its account queues land in this test's vhost only.
-    sender = ServiceProcess("services.sender", broker.url("mail-sender"),
+    sender = service("services.sender", broker.url("mail-sender"),
                             tmp_path / "sender.log", MAIL_REPLICA_ID=f"defs-{broker.suffix}",
                             MAIL_RECONCILE_S="3600")
     processes.extend([config, dispatcher, sender])
-    await asyncio.gather(config.start(), dispatcher.start(), sender.start(timeout=180))
+    await asyncio.gather(config.start(timeout=60), dispatcher.start(timeout=60),
+                         sender.start(timeout=180))
 
     headers = {"Authorization": f"Bearer {issue_token(JWT_SECRET, 'admin', [ADMIN_ROLE])}"}
     async with httpx.AsyncClient(base_url=config.base_url, timeout=10) as api:
@@ -856,10 +803,10 @@ async def test_a_request_from_another_system_is_fanned_out_by_the_real_dispatche
     account_id = await new_account()
     config = await open_confirmed_channel(await broker.connect("mail-config"))
     await AccountQueues(config, Topology()).declare(account_id)
-    dispatcher = ServiceProcess("services.dispatcher", broker.url("mail-dispatcher"),
+    dispatcher = service("services.dispatcher", broker.url("mail-dispatcher"),
                                 tmp_path / "dispatcher.log")
     processes.append(dispatcher)
-    await dispatcher.start()
+    await dispatcher.start(timeout=60)
 
     body = request_body(account_id=account_id)
     publisher = await open_confirmed_channel(await broker.connect("mail-publisher"))

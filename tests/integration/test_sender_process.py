@@ -9,18 +9,14 @@ to see every recipient settled there.
 
 import asyncio
 import os
-import socket
-import sys
 import time
 from collections import Counter
 from collections.abc import AsyncIterator
 from contextlib import asynccontextmanager
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import IO
 
 import asyncpg
-import httpx
 import orjson
 import pytest
 from aio_pika.abc import AbstractChannel, AbstractIncomingMessage, AbstractRobustConnection
@@ -34,6 +30,7 @@ from tests.conftest import eventually
 from tests.integration.accounts_fixtures import KEY
 from tests.integration.dispatcher_fixtures import insert_account, migrate_all, request_body
 from tests.integration.sender_fixtures import configure_account
+from tests.support.processes import ServiceProcess
 from tests.support.smtp_servers import (
     SmtpTestServer,
     _Handler,
@@ -41,100 +38,10 @@ from tests.support.smtp_servers import (
     smtp_server,
 )
 
-ROOT = Path(__file__).parents[2]
 JWT_SECRET = "sender-process-test-secret-32-bytes!"
 LOG_LEVEL = os.environ.get("MAIL_TEST_PROCESS_LOG_LEVEL", "warning")
 LEASE_TTL_S = 5
 GRACE_S = 10
-
-
-def free_port() -> int:
-    with socket.socket() as sock:
-        sock.bind(("127.0.0.1", 0))
-        return sock.getsockname()[1]
-
-
-class ServiceProcess:
-    """`python -m <module>` with its own environment, its log in a file, ready at /readyz."""
-
-    def __init__(self, name: str, module: str, env: dict[str, str], log_path: Path) -> None:
-        self.name = name
-        self.module = module
-        self.port = free_port()
-        self.env = {**os.environ, "MAIL_LOG_LEVEL": LOG_LEVEL, **env,
-                    "MAIL_HTTP_PORT": str(self.port), "MAIL_HTTP_HOST": "127.0.0.1",
-                    "MAIL_LOG_FORMAT": "json"}
-        self.log_path = log_path
-        self.process: asyncio.subprocess.Process | None = None
-
-    def _open_log(self) -> IO[bytes]:
-        return self.log_path.open("ab")
-
-    async def start(self) -> None:
-        log = self._open_log()
-        try:
-            self.process = await asyncio.create_subprocess_exec(
-                sys.executable, "-m", self.module, env=self.env, cwd=ROOT,
-                stdout=log, stderr=log)
-        finally:
-            log.close()  # the child has its own descriptor
-
-        async def ready() -> bool:
-            assert self.process is not None
-            if self.process.returncode is not None:
-                pytest.fail(f"{self.name} exited with {self.process.returncode} while "
-                            f"starting:\n{self.log_tail()}")
-            try:
-                async with httpx.AsyncClient(timeout=1) as client:
-                    response = await client.get(f"http://127.0.0.1:{self.port}/readyz")
-                    return response.status_code == 200
-            except httpx.TransportError:
-                return False
-
-        await eventually(ready, timeout=30, interval=0.05)
-
-    @property
-    def running(self) -> bool:
-        return self.process is not None and self.process.returncode is None
-
-    def signal(self, signum: int) -> None:
-        assert self.process is not None
-        self.process.send_signal(signum)
-
-    async def wait(self, timeout: float) -> int:
-        assert self.process is not None
-        return await asyncio.wait_for(self.process.wait(), timeout=timeout)
-
-    async def kill(self) -> None:
-        """SIGKILL and reap (a no-op for a process already gone)."""
-        if self.process is None:
-            return
-        if self.process.returncode is None:
-            self.process.kill()
-        await self.process.wait()
-
-    async def metric(self, name: str) -> float | None:
-        """A metric without labels from the process's /metrics; None when not there."""
-        async with httpx.AsyncClient(timeout=2) as client:
-            response = await client.get(f"http://127.0.0.1:{self.port}/metrics")
-        for line in response.text.splitlines():
-            metric, _, value = line.partition(" ")
-            if metric == name:
-                return float(value)
-        return None
-
-    def logged(self, event: str) -> bool:
-        """Whether the process logged a line with this `event` (JSON lines)."""
-        if not self.log_path.exists():
-            return False
-        needle = orjson.dumps({"event": event})[1:-1]  # "event":"..."
-        return needle in self.log_path.read_bytes()
-
-    def log_tail(self, lines: int = 40) -> str:
-        if not self.log_path.exists():
-            return "(no log)"
-        text = self.log_path.read_text(encoding="utf-8", errors="replace")
-        return "\n".join(text.splitlines()[-lines:])
 
 
 @dataclass
@@ -151,9 +58,10 @@ class Harness:
     replicas: list[str] = field(default_factory=list)
 
     def _service(self, name: str, module: str, env: dict[str, str]) -> ServiceProcess:
-        process = ServiceProcess(name, module, {
-            "MAIL_AMQP_URL": self.amqp_url, "MAIL_POSTGRES_DSN": self.postgres_dsn, **env,
-        }, self.log_dir / f"{name}.log")
+        process = ServiceProcess(module, {
+            "MAIL_AMQP_URL": self.amqp_url, "MAIL_POSTGRES_DSN": self.postgres_dsn,
+            "MAIL_LOG_LEVEL": LOG_LEVEL, **env,
+        }, self.log_dir / f"{name}.log", name=name)
         self.processes.append(process)
         return process
 
