@@ -38,14 +38,22 @@ async def sender_on(start_sender: Any, server: Any, settings: dict | None = None
     return stack
 
 
+async def deliver(stack: SenderStack, count: int, timeout: float = 20) -> tuple[dict, dict]:
+    """A request of `count` recipients to the stack's account: its body and, once it came,
+    its `delivery.completed`."""
+    body = request_body(account_id=stack.account_id, recipients=recipients(count))
+    await stack.dispatcher.publish_request(body)
+    completed = await stack.wait_event(
+        lambda e: e["type"] == "delivery.completed" and e["delivery_id"] == body["delivery_id"],
+        timeout=timeout)
+    return body, completed
+
+
 async def test_a_delivery_is_sent_recorded_and_completed(start_sender: Any) -> None:
     async with auth_server({USER: PASSWORD}) as server:
         stack = await sender_on(start_sender, server, smtp_auth=True, smtp_username=USER,
                                 smtp_password=PASSWORD, local_hostname="crm.example.com")
-        body = request_body(account_id=stack.account_id, recipients=recipients(3))
-        await stack.dispatcher.publish_request(body)
-
-        completed = await stack.wait_event(lambda e: e["type"] == "delivery.completed")
+        body, completed = await deliver(stack, 3)
         assert (completed["sent"], completed["failed"], completed["total"]) == (3, 0, 3)
         assert completed["metadata"] == {"crm_delivery": 123}
         sent = stack.of_type("mail.sent")
@@ -63,9 +71,7 @@ async def test_a_delivery_is_sent_recorded_and_completed(start_sender: Any) -> N
 async def test_the_pause_between_sends_holds_at_the_server(start_sender: Any) -> None:
     async with smtp_server() as server:
         stack = await sender_on(start_sender, server, send_interval_ms=300)
-        await stack.dispatcher.publish_request(
-            request_body(account_id=stack.account_id, recipients=recipients(5)))
-        await stack.wait_event(lambda e: e["type"] == "delivery.completed")
+        await deliver(stack, 5)
         gaps = [b.started_at - a.ended_at
                 for a, b in zip(server.messages, server.messages[1:], strict=False)]
         assert len(gaps) == 4
@@ -75,9 +81,7 @@ async def test_the_pause_between_sends_holds_at_the_server(start_sender: Any) ->
 async def test_a_refused_recipient_fails_alone(start_sender: Any) -> None:
     async with smtp_server(refuse_recipients=frozenset({"r1@example.com"})) as server:
         stack = await sender_on(start_sender, server)
-        body = request_body(account_id=stack.account_id, recipients=recipients(3))
-        await stack.dispatcher.publish_request(body)
-        completed = await stack.wait_event(lambda e: e["type"] == "delivery.completed")
+        _, completed = await deliver(stack, 3)
         assert (completed["sent"], completed["failed"]) == (2, 1)
         [failed] = stack.of_type("mail.failed")
         assert failed["recipient"] == "r1@example.com"
@@ -120,9 +124,7 @@ async def test_a_connection_lost_after_data_is_unknown_and_not_sent_twice(
 ) -> None:
     async with smtp_server(drop_after_data=True) as server:
         stack = await sender_on(start_sender, server)
-        body = request_body(account_id=stack.account_id, recipients=recipients(1))
-        await stack.dispatcher.publish_request(body)
-        completed = await stack.wait_event(lambda e: e["type"] == "delivery.completed")
+        body, completed = await deliver(stack, 1)
         assert (completed["sent"], completed["failed"]) == (0, 1)
         [failed] = stack.of_type("mail.failed")
         assert failed["outcome"] == "unknown"
@@ -134,10 +136,7 @@ async def test_a_connection_lost_after_data_is_unknown_and_not_sent_twice(
 async def test_one_connection_carries_a_hundred_messages(start_sender: Any) -> None:
     async with smtp_server() as server:
         stack = await sender_on(start_sender, server)
-        await stack.dispatcher.publish_request(request_body(
-            account_id=stack.account_id, recipients=recipients(100)))
-        completed = await stack.wait_event(lambda e: e["type"] == "delivery.completed",
-                                           timeout=60)
+        _, completed = await deliver(stack, 100, timeout=60)
         assert completed["sent"] == 100
         assert len(server.messages) == 100
         assert server.connections == 1
@@ -149,10 +148,7 @@ async def test_a_throttling_provider_defers_and_slows_the_account_and_everything
     # The provider takes 3 mails per second and refuses more with 421.
     async with smtp_server(rate_limit=(3, 1.0)) as server:
         stack = await sender_on(start_sender, server, send_interval_ms=0)
-        body = request_body(account_id=stack.account_id, recipients=recipients(8))
-        await stack.dispatcher.publish_request(body)
-        completed = await stack.wait_event(lambda e: e["type"] == "delivery.completed",
-                                           timeout=60)
+        _, completed = await deliver(stack, 8, timeout=60)
         assert (completed["sent"], completed["failed"]) == (8, 0)
         assert server.refused_by_rate >= 1
         throttled = stack.of_type("account.throttled")
@@ -167,10 +163,7 @@ async def test_with_an_interval_under_the_providers_cap_nothing_is_refused(
 ) -> None:
     async with smtp_server(rate_limit=(3, 1.0)) as server:
         stack = await sender_on(start_sender, server, send_interval_ms=400)
-        await stack.dispatcher.publish_request(
-            request_body(account_id=stack.account_id, recipients=recipients(6)))
-        completed = await stack.wait_event(lambda e: e["type"] == "delivery.completed",
-                                           timeout=30)
+        _, completed = await deliver(stack, 6, timeout=30)
         assert completed["sent"] == 6
         assert server.refused_by_rate == 0
         assert not stack.of_type("mail.deferred")
@@ -205,9 +198,7 @@ async def test_the_lease_is_kept_through_the_pause_and_given_back_on_stop(
     async with smtp_server() as server:
         stack = await sender_on(start_sender, server, send_interval_ms=2000,
                                 settings={"lease_hold_s": 3})
-        body = request_body(account_id=stack.account_id, recipients=recipients(1))
-        await stack.dispatcher.publish_request(body)
-        await stack.wait_event(lambda e: e["type"] == "delivery.completed")
+        body, _ = await deliver(stack, 1)
         row = await stack.dispatcher.pool.fetchrow(
             "SELECT lease_owner, extract(epoch FROM lease_until - last_end)::float8 AS held "
             "FROM account_runtime WHERE account_id = $1", stack.account_id)
@@ -228,9 +219,7 @@ async def test_the_lease_is_kept_through_the_pause_and_given_back_on_stop(
 async def test_a_copy_of_a_job_already_sent_is_not_sent_again(start_sender: Any) -> None:
     async with smtp_server() as server:
         stack = await sender_on(start_sender, server)
-        body = request_body(account_id=stack.account_id, recipients=recipients(1))
-        await stack.dispatcher.publish_request(body)
-        await stack.wait_event(lambda e: e["type"] == "delivery.completed")
+        body, _ = await deliver(stack, 1)
         [first] = stack.of_type("mail.sent")
 
         # The same job once more, as after a crash between the record and the ack.
@@ -253,9 +242,7 @@ async def test_a_send_outlasting_the_kept_lease_renews_it(start_sender: Any) -> 
         stack = await sender_on(start_sender, server, send_interval_ms=0,
                                 settings={"lease_hold_s": 2.0})
         renewals = metrics.LEASE_RENEWALS._value.get()
-        body = request_body(account_id=stack.account_id, recipients=recipients(2))
-        await stack.dispatcher.publish_request(body)
-        await stack.wait_event(lambda e: e["type"] == "delivery.completed")
+        body, _ = await deliver(stack, 2)
         assert metrics.LEASE_RENEWALS._value.get() == renewals + 1
         assert len(server.messages) == 2
         assert await ledger_states(stack, body["delivery_id"]) == {"sent": 2}
