@@ -82,6 +82,17 @@ class SenderStack:
         return [event for event in self.seen if event["type"] == kind]
 
 
+async def sender_on(start_sender: Any, server: Any, settings: dict | None = None,
+                    **fields: Any) -> SenderStack:
+    """A sender started with `settings` changed (`start_sender`'s), its account sending to the
+    test SMTP `server` with `fields` changed, as config_svc would announce it."""
+    stack: SenderStack = await start_sender(**(settings or {}))
+    await configure_account(stack.dispatcher.pool, stack.account_id, smtp_host=server.host,
+                            smtp_port=server.port, **fields)
+    await stack.announce_change()
+    return stack
+
+
 def sender_settings(amqp_url: str, postgres_dsn: str, replica: str,
                     **changes: Any) -> SenderSettings:
     values: dict[str, Any] = {

@@ -8,7 +8,7 @@ from shared.messages import SendJob
 from shared.topology import make_message, publish
 from tests.conftest import eventually
 from tests.integration.dispatcher_fixtures import request_body
-from tests.integration.sender_fixtures import SenderStack, configure_account
+from tests.integration.sender_fixtures import SenderStack, configure_account, sender_on
 from tests.support.smtp_servers import auth_server, smtp_server
 
 USER = "news@shop.example.com"
@@ -25,17 +25,6 @@ async def ledger_states(stack: SenderStack, delivery_id: str) -> dict[str, int]:
         "SELECT state, count(*) AS n FROM delivery_recipients WHERE delivery_id = $1 "
         "GROUP BY state", delivery_id)
     return {row["state"]: row["n"] for row in rows}
-
-
-async def sender_on(start_sender: Any, server: Any, settings: dict | None = None,
-                    **fields: Any) -> SenderStack:
-    """A sender started with `settings` changed, its account sending to `server` with
-    `fields` changed, as config_svc would announce it."""
-    stack: SenderStack = await start_sender(**(settings or {}))
-    await configure_account(stack.dispatcher.pool, stack.account_id, smtp_host=server.host,
-                            smtp_port=server.port, **fields)
-    await stack.announce_change()
-    return stack
 
 
 async def deliver(stack: SenderStack, count: int, timeout: float = 20) -> tuple[dict, dict]:

@@ -14,10 +14,9 @@ import pytest
 from shared.messages import SendJob
 from shared.topology import make_message, publish
 from tests.integration.dispatcher_fixtures import Dispatcher, request_body
-from tests.integration.sender_fixtures import SenderStack, configure_account
+from tests.integration.sender_fixtures import SenderStack, sender_on
 from tests.support.certs import Certs, certs_fixture  # noqa: F401 - a fixture
 from tests.support.smtp_servers import (
-    SmtpTestServer,
     hidden_starttls_server,
     implicit_tls_server,
     smtp_server,
@@ -37,12 +36,6 @@ async def ledger(stack: SenderStack, delivery_id: str) -> dict[str, str]:
     rows = await stack.dispatcher.pool.fetch(
         "SELECT email, state FROM delivery_recipients WHERE delivery_id = $1", delivery_id)
     return {row["email"]: row["state"] for row in rows}
-
-
-async def use_server(stack: SenderStack, server: SmtpTestServer, **fields: Any) -> None:
-    await configure_account(stack.dispatcher.pool, stack.account_id, smtp_host=server.host,
-                            smtp_port=server.port, **fields)
-    await stack.announce_change()
 
 
 def parsed(data: bytes) -> email.message.EmailMessage:
@@ -68,9 +61,8 @@ async def test_a_server_hiding_starttls_pauses_the_account_and_never_sees_the_pa
     start_sender: Any,
 ) -> None:
     async with hidden_starttls_server({USER: PASSWORD}) as server:
-        stack: SenderStack = await start_sender()
-        await use_server(stack, server, tls="starttls", smtp_auth=True, smtp_username=USER,
-                         smtp_password=PASSWORD)
+        stack = await sender_on(start_sender, server, tls="starttls", smtp_auth=True,
+                                smtp_username=USER, smtp_password=PASSWORD)
         body = request_body(account_id=stack.account_id,
                             recipients=recipients(["a@example.com", "b@example.com"]))
         await stack.dispatcher.publish_request(body)
@@ -96,9 +88,9 @@ async def test_implicit_tls_with_the_trusted_ca_logs_in_and_sends(
     start_sender: Any, certs: Certs,
 ) -> None:
     async with implicit_tls_server(certs, {USER: PASSWORD}) as server:
-        stack: SenderStack = await start_sender(smtp_ca_file=certs.ca_file)
-        await use_server(stack, server, tls="ssl", smtp_auth=True, smtp_username=USER,
-                         smtp_password=PASSWORD)
+        stack = await sender_on(start_sender, server, settings={"smtp_ca_file": certs.ca_file},
+                                tls="ssl", smtp_auth=True, smtp_username=USER,
+                                smtp_password=PASSWORD)
         body = request_body(account_id=stack.account_id,
                             recipients=recipients(["a@example.com", "b@example.com"]))
         await stack.dispatcher.publish_request(body)
@@ -116,9 +108,9 @@ async def test_implicit_tls_with_a_certificate_nobody_vouches_for_pauses_the_acc
     start_sender: Any, certs: Certs,
 ) -> None:
     async with implicit_tls_server(certs, {USER: PASSWORD}) as server:
-        stack: SenderStack = await start_sender()  # the system's CAs only
-        await use_server(stack, server, tls="ssl", smtp_auth=True, smtp_username=USER,
-                         smtp_password=PASSWORD)
+        # The system's CAs only.
+        stack = await sender_on(start_sender, server, tls="ssl", smtp_auth=True,
+                                smtp_username=USER, smtp_password=PASSWORD)
         body = request_body(account_id=stack.account_id,
                             recipients=recipients(["a@example.com"]))
         await stack.dispatcher.publish_request(body)
@@ -142,8 +134,7 @@ async def test_a_utf8_address_goes_with_smtputf8_to_a_server_that_offers_it(
     start_sender: Any,
 ) -> None:
     async with smtp_server(smtputf8=True) as server:
-        stack: SenderStack = await start_sender()
-        await use_server(stack, server)
+        stack = await sender_on(start_sender, server)
         body = request_body(account_id=stack.account_id,
                             recipients=recipients([UTF8_LOCAL, "a@example.com", IDN_DOMAIN]))
         await stack.dispatcher.publish_request(body)
@@ -167,8 +158,7 @@ async def test_a_utf8_address_fails_alone_and_for_good_without_smtputf8(
     start_sender: Any,
 ) -> None:
     async with smtp_server(smtputf8=False) as server:
-        stack: SenderStack = await start_sender()
-        await use_server(stack, server)
+        stack = await sender_on(start_sender, server)
         body = request_body(account_id=stack.account_id,
                             recipients=recipients(["a@example.com", UTF8_LOCAL, IDN_DOMAIN]))
         await stack.dispatcher.publish_request(body)
@@ -244,8 +234,7 @@ async def test_header_injection_is_refused_before_anything_reaches_the_wire(
     start_sender: Any,
 ) -> None:
     async with smtp_server() as server:
-        stack: SenderStack = await start_sender()
-        await use_server(stack, server)
+        stack = await sender_on(start_sender, server)
         bad = injected_requests(stack.account_id)
         for body in bad.values():
             await stack.dispatcher.publish_request(body)
@@ -292,8 +281,7 @@ async def test_custom_headers_the_composer_cannot_write_are_refused_by_the_dispa
     """Whatever the dispatcher accepts, the sender must be able to compose: a header it
     refuses to write fails the delivery's every job, again and again."""
     async with smtp_server() as server:
-        stack: SenderStack = await start_sender()
-        await use_server(stack, server)
+        stack = await sender_on(start_sender, server)
         body = request_body(account_id=stack.account_id, headers=headers,
                             recipients=recipients(["a@example.com"]))
         await stack.dispatcher.publish_request(body)
@@ -324,8 +312,7 @@ async def test_an_encoded_word_assembled_from_template_and_value_never_becomes_a
     start_sender: Any, subject: str, recipient: dict,
 ) -> None:
     async with smtp_server() as server:
-        stack: SenderStack = await start_sender()
-        await use_server(stack, server)
+        stack = await sender_on(start_sender, server)
         body = request_body(account_id=stack.account_id, subject=subject,
                             recipients=[recipient])
         await stack.dispatcher.publish_request(body)
@@ -353,8 +340,7 @@ async def test_a_forged_job_that_bypasses_the_dispatcher_cannot_inject_headers(
     """Jobs carry the recipient's name and vars themselves: whoever can publish to
     `mail.send` skips the dispatcher's checks. The composer must still refuse or neutralise."""
     async with smtp_server() as server:
-        stack: SenderStack = await start_sender()
-        await use_server(stack, server)
+        stack = await sender_on(start_sender, server)
         pool = stack.dispatcher.pool
         delivery_id = f"forged-{uuid.uuid4().hex[:12]}"
         jobs = [
