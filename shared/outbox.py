@@ -88,26 +88,32 @@ class OutboxRelay:
         return row["routing_key"], message
 
     def stop(self) -> None:
-        """Ends `run` after the batch in hand. A flag, not a cancellation: on Python 3.11,
-        wait_for (which aio-pika's publish uses) can swallow a cancel that races its result."""
+        """Ends `run` after one more drain (the events of the last commits). A flag, not a
+        cancellation: on Python 3.11, wait_for (which aio-pika's publish uses) can swallow a
+        cancel that races its result."""
         self._stopping = True
         self._wake.set()
 
     async def run(self) -> None:
-        while not self._stopping:
+        while True:
+            last = self._stopping  # seen before the drain: a stop during it drains once more
             self._wake.clear()  # before draining: a commit during the drain wakes us again
             try:
                 count = await self.drain()
                 self.healthy = True
-                if count:
-                    log.debug("events published", count=count)
-                    if self._linger_s:
-                        # Busy: let the next events gather into one batch (one transaction,
-                        # confirms together). After a quiet spell the first goes out at once.
-                        await asyncio.sleep(self._linger_s)
             except Exception:
+                count = 0
                 self.healthy = False
-                log.exception("publishing events failed; retrying")
+                log.exception("events left in the outbox; the next relay publishes them"
+                              if last else "publishing events failed; retrying")
+            if last:
+                return
+            if count:
+                log.debug("events published", count=count)
+                if self._linger_s:
+                    # Busy: let the next events gather into one batch (one transaction,
+                    # confirms together). After a quiet spell the first goes out at once.
+                    await asyncio.sleep(self._linger_s)
             with contextlib.suppress(TimeoutError):
                 async with asyncio.timeout(self._poll_s):
                     await self._wake.wait()

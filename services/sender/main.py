@@ -78,10 +78,6 @@ async def serve(settings: SenderSettings) -> None:
             await supervisor.stop(settings.shutdown_grace_s)
             relay.stop()
             await relay_task
-            try:  # the events of the last sends, recorded while the relay was stopping
-                await relay.drain()
-            except Exception:
-                log.exception("events left in the outbox; the next relay publishes them")
             await server.stop()
     finally:
         await pool.close()

@@ -48,7 +48,6 @@ class SenderStack:
         self.relay.stop()
         async with asyncio.timeout(10):
             await self.relay_task
-        await self.relay.drain()
 
     @property
     def account_id(self) -> str:
