@@ -4,14 +4,18 @@ import argparse
 import asyncio
 import os
 import signal
-from collections.abc import Awaitable, Callable
+from collections.abc import AsyncIterator, Awaitable, Callable, Mapping
+from contextlib import asynccontextmanager
 from pathlib import Path
 from typing import TypeVar
 
+import aio_pika
+import asyncpg
 import structlog
+from aio_pika.abc import AbstractRobustConnection
 from pydantic import SecretStr
 
-from shared.db import migrate_service
+from shared.db import create_pool, migrate_service, require_schema
 from shared.logging import configure_logging, register_secret
 from shared.settings import ServiceSettings
 
@@ -48,6 +52,27 @@ def serve_or_migrate(argv: list[str] | None, *, service: str, serve_help: str,
         asyncio.run(migrate_service(dsn, service, migrations))
     else:
         asyncio.run(serve(settings))
+
+
+@asynccontextmanager
+async def connected(
+    settings: ServiceSettings, connection_name: str, schemas: Mapping[str, Path],
+    make_pool: Callable[[str, int], Awaitable[asyncpg.Pool]] = create_pool,
+) -> AsyncIterator[tuple[asyncpg.Pool, AbstractRobustConnection]]:
+    """A service's database pool, once the schemas it needs ({service: migrations}) are
+    migrated, and its broker connection; both closed on the way out."""
+    pool = await make_pool(settings.postgres_dsn.get_secret_value(), settings.db_pool_max)
+    try:
+        async with pool.acquire() as db:
+            for service, folder in schemas.items():
+                await require_schema(db, service, folder)
+        connection = await aio_pika.connect_robust(
+            settings.amqp_url.get_secret_value(),
+            client_properties={"connection_name": connection_name})
+        async with connection:
+            yield pool, connection
+    finally:
+        await pool.close()
 
 
 def stop_on_signals() -> asyncio.Event:

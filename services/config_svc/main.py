@@ -3,7 +3,6 @@
 import asyncio
 from pathlib import Path
 
-import aio_pika
 import structlog
 
 from services.config_svc.accounts import AccountService, TestMailConfig
@@ -12,10 +11,9 @@ from services.config_svc.queues import AccountQueues
 from services.config_svc.settings import ConfigSettings
 from shared.auth import TokenVerifier
 from shared.crypto import SecretBox
-from shared.db import create_pool, require_schema
 from shared.http import Health, HttpServer
 from shared.outbox import OutboxRelay
-from shared.runtime import stop_on_signals
+from shared.runtime import connected, stop_on_signals
 from shared.smtp import client_ssl_context
 from shared.topology import Topology, open_confirmed_channel
 
@@ -29,36 +27,27 @@ async def serve(settings: ConfigSettings) -> None:
     box = SecretBox(settings.encryption_keys())
     verifier = TokenVerifier(settings.jwt_algorithm, settings.jwt_key())
     topology = Topology()
-    pool = await create_pool(settings.postgres_dsn.get_secret_value(), settings.db_pool_max)
-    try:
-        async with pool.acquire() as db:
-            await require_schema(db, SERVICE, MIGRATIONS)
-        connection = await aio_pika.connect_robust(
-            settings.amqp_url.get_secret_value(), client_properties={"connection_name": SERVICE}
+    async with connected(settings, SERVICE, {SERVICE: MIGRATIONS}) as (pool, connection):
+        api_channel = await open_confirmed_channel(connection)
+        await topology.declare(api_channel)
+        relay = OutboxRelay(pool, await open_confirmed_channel(connection), topology,
+                            table="account_outbox", poll_s=settings.outbox_poll_s)
+        service = AccountService(
+            pool, box, AccountQueues(api_channel, topology), relay.wake,
+            TestMailConfig(client_ssl_context(settings.smtp_ca_file),
+                           settings.test_mail_timeout_s),
         )
-        async with connection:
-            api_channel = await open_confirmed_channel(connection)
-            await topology.declare(api_channel)
-            relay = OutboxRelay(pool, await open_confirmed_channel(connection), topology,
-                                table="account_outbox", poll_s=settings.outbox_poll_s)
-            service = AccountService(
-                pool, box, AccountQueues(api_channel, topology), relay.wake,
-                TestMailConfig(client_ssl_context(settings.smtp_ca_file),
-                               settings.test_mail_timeout_s),
-            )
-            health = Health()
-            health.add_check("broker", lambda: not connection.is_closed)
-            health.add_check("database", lambda: not pool.is_closing())
-            health.add_check("outbox", lambda: relay.healthy)
-            app = create_app(service, verifier, health, settings.max_body_bytes)
-            server = HttpServer(app, settings.http_host, settings.http_port)
-            stop = stop_on_signals()
-            relay_task = asyncio.create_task(relay.run(), name="outbox")
-            await server.start()
-            log.info("config_svc ready", port=settings.http_port)
-            await stop.wait()
-            await server.stop()
-            relay.stop()
-            await relay_task
-    finally:
-        await pool.close()
+        health = Health()
+        health.add_check("broker", lambda: not connection.is_closed)
+        health.add_check("database", lambda: not pool.is_closing())
+        health.add_check("outbox", lambda: relay.healthy)
+        app = create_app(service, verifier, health, settings.max_body_bytes)
+        server = HttpServer(app, settings.http_host, settings.http_port)
+        stop = stop_on_signals()
+        relay_task = asyncio.create_task(relay.run(), name="outbox")
+        await server.start()
+        log.info("config_svc ready", port=settings.http_port)
+        await stop.wait()
+        await server.stop()
+        relay.stop()
+        await relay_task

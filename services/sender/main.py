@@ -4,17 +4,16 @@ import asyncio
 import gc
 from pathlib import Path
 
-import aio_pika
 import structlog
 
 from services.sender.settings import SenderSettings
 from services.sender.supervisor import Supervisor
 from services.sender.worker import Composers, SenderParts
 from shared.crypto import SecretBox
-from shared.db import create_stateless_pool, require_schema
+from shared.db import create_stateless_pool
 from shared.http import Health, HttpServer, health_app
 from shared.outbox import OutboxRelay
-from shared.runtime import stop_on_signals
+from shared.runtime import connected, stop_on_signals
 from shared.smtp import client_ssl_context
 from shared.topology import EventPublisher, Topology, open_confirmed_channel
 
@@ -34,50 +33,39 @@ async def serve(settings: SenderSettings) -> None:
     box = SecretBox(settings.encryption_keys())
     topology = Topology(retry_delays_s=settings.retry_tiers())
     # The sender keeps no session state on its connections: no reset query on each release.
-    pool = await create_stateless_pool(settings.postgres_dsn.get_secret_value(),
-                                       settings.db_pool_max)
-    try:
-        async with pool.acquire() as db:
-            for service, folder in NEEDED.items():
-                await require_schema(db, service, folder)
-        connection = await aio_pika.connect_robust(
-            settings.amqp_url.get_secret_value(),
-            client_properties={"connection_name": f"{SERVICE} {settings.replica_id}"},
-        )
-        async with connection:
-            publishing = await open_confirmed_channel(connection)
-            await topology.declare(publishing)
-            relay = OutboxRelay(pool, await open_confirmed_channel(connection), topology,
-                                table="sender_outbox", poll_s=settings.outbox_poll_s,
-                                linger_s=settings.outbox_linger_ms / 1000)
-            supervisor = Supervisor(connection, SenderParts(
-                pool=pool, settings=settings, box=box,
-                ssl_context=client_ssl_context(settings.smtp_ca_file), topology=topology,
-                events=EventPublisher(publishing, topology), publish_channel=publishing,
-                composers=Composers(pool), wake_events=relay.wake))
-            health = Health()
-            health.add_check("broker", lambda: not connection.is_closed)
-            health.add_check("database", lambda: not pool.is_closing())
-            health.add_check("consuming", lambda: supervisor.started)
-            health.add_check("outbox", lambda: relay.healthy)
-            server = HttpServer(health_app(health), settings.http_host, settings.http_port)
-            stop = stop_on_signals()
-            relay_task = asyncio.create_task(relay.run(), name="outbox")
-            await server.start()
-            await supervisor.start()
-            # What exists now lives as long as the process: keep the collector's full passes
-            # off it (they paused the sender ~95 ms every few seconds at 500 mails/s).
-            gc.freeze()
-            # Fewer, not longer, passes: young objects here die by reference count, and each
-            # full pass over what start-up left unfrozen (sessions, pool connections, cached
-            # composers) stopped the loop for 15-60 ms, 16 times a minute at 500 mails/s.
-            gc.set_threshold(*GC_THRESHOLDS)
-            log.info("sender ready", replica=settings.replica_id,
-                     accounts=len(supervisor.workers))
-            await stop.wait()
-            await supervisor.stop(settings.shutdown_grace_s)
-            relay.stop()
-            await relay_task
-            await server.stop()
-    finally:
-        await pool.close()
+    async with connected(settings, f"{SERVICE} {settings.replica_id}", NEEDED,
+                         create_stateless_pool) as (pool, connection):
+        publishing = await open_confirmed_channel(connection)
+        await topology.declare(publishing)
+        relay = OutboxRelay(pool, await open_confirmed_channel(connection), topology,
+                            table="sender_outbox", poll_s=settings.outbox_poll_s,
+                            linger_s=settings.outbox_linger_ms / 1000)
+        supervisor = Supervisor(connection, SenderParts(
+            pool=pool, settings=settings, box=box,
+            ssl_context=client_ssl_context(settings.smtp_ca_file), topology=topology,
+            events=EventPublisher(publishing, topology), publish_channel=publishing,
+            composers=Composers(pool), wake_events=relay.wake))
+        health = Health()
+        health.add_check("broker", lambda: not connection.is_closed)
+        health.add_check("database", lambda: not pool.is_closing())
+        health.add_check("consuming", lambda: supervisor.started)
+        health.add_check("outbox", lambda: relay.healthy)
+        server = HttpServer(health_app(health), settings.http_host, settings.http_port)
+        stop = stop_on_signals()
+        relay_task = asyncio.create_task(relay.run(), name="outbox")
+        await server.start()
+        await supervisor.start()
+        # What exists now lives as long as the process: keep the collector's full passes
+        # off it (they paused the sender ~95 ms every few seconds at 500 mails/s).
+        gc.freeze()
+        # Fewer, not longer, passes: young objects here die by reference count, and each
+        # full pass over what start-up left unfrozen (sessions, pool connections, cached
+        # composers) stopped the loop for 15-60 ms, 16 times a minute at 500 mails/s.
+        gc.set_threshold(*GC_THRESHOLDS)
+        log.info("sender ready", replica=settings.replica_id,
+                 accounts=len(supervisor.workers))
+        await stop.wait()
+        await supervisor.stop(settings.shutdown_grace_s)
+        relay.stop()
+        await relay_task
+        await server.stop()
