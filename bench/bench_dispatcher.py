@@ -38,7 +38,7 @@ import orjson
 from aio_pika.abc import AbstractChannel, AbstractConnection, AbstractIncomingMessage
 
 from bench.procstats import cpu_seconds, proc_status
-from bench.service_process import BenchError, ServiceProcess
+from bench.service_process import REQUIRED_ENV, BenchError, ServiceProcess, run_benchmark
 from services.dispatcher.decode import decode_request
 from services.dispatcher.settings import DispatcherSettings
 from services.dispatcher.validate import prepare
@@ -57,7 +57,6 @@ RECIPIENTS = 100_000
 WARM_UP = 1_000
 CONFIRM_WINDOW = 1_000
 JWT_SECRET = "bench-dispatcher-secret-of-32-bytes!"
-REQUIRED_ENV = ("MAIL_AMQP_URL", "MAIL_POSTGRES_DSN")
 
 SUBJECT = "{{name}} 様 11月のお知らせ【{{plan}}プラン】"
 TEXT = (
@@ -472,17 +471,7 @@ def main() -> None:
     args = parser.parse_args()
     if args.repeat < 1:
         parser.error("--repeat must be at least 1")
-    missing = [name for name in REQUIRED_ENV if not os.environ.get(name)]
-    if missing:
-        print(f"bench_dispatcher: {', '.join(missing)} not set: run `make bench`, or load a "
-              "running stack's settings first (set -a; . .run/stack/env; set +a)",
-              file=sys.stderr)
-        sys.exit(2)
-    try:
-        asyncio.run(run(args))
-    except BenchError as error:
-        print(f"bench_dispatcher: {error}", file=sys.stderr)
-        sys.exit(1)
+    run_benchmark("bench_dispatcher", lambda: run(args))
 
 
 if __name__ == "__main__":

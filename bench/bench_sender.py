@@ -55,7 +55,13 @@ import orjson
 from aio_pika.abc import AbstractChannel, AbstractIncomingMessage, AbstractQueue
 
 from bench.procstats import cpu_seconds, proc_status
-from bench.service_process import BenchError, ServiceProcess, metric_values
+from bench.service_process import (
+    REQUIRED_ENV,
+    BenchError,
+    ServiceProcess,
+    metric_values,
+    run_benchmark,
+)
 from bench.smtp_sink import SmtpSink, SmtpSinkError
 from services.config_svc.main import MIGRATIONS as ACCOUNTS_MIGRATIONS
 from services.dispatcher.main import MIGRATIONS as DISPATCHER_MIGRATIONS
@@ -74,7 +80,6 @@ from shared.topology import (
     publish_many,
 )
 
-REQUIRED_ENV = ("MAIL_AMQP_URL", "MAIL_POSTGRES_DSN")
 JWT_SECRET = "bench-sender-jwt-secret-of-32-bytes!"
 FROM_ADDRESS = "news@shop.example.com"
 FROM_NAME = "Example Shop"
@@ -1108,17 +1113,7 @@ def main() -> None:
                         help="2. pacing: also write every `sent` record of the window "
                         "(account, time) to this CSV file")
     args = parser.parse_args()
-    missing = [name for name in REQUIRED_ENV if not os.environ.get(name)]
-    if missing:
-        print(f"bench_sender: {', '.join(missing)} not set: run `make bench`, or load a "
-              "running stack's settings first (set -a; . .run/stack/env; set +a)",
-              file=sys.stderr)
-        sys.exit(2)
-    try:
-        asyncio.run(run(args))
-    except (BenchError, SmtpSinkError) as error:
-        print(f"bench_sender: {error}", file=sys.stderr)
-        sys.exit(1)
+    run_benchmark("bench_sender", lambda: run(args), (SmtpSinkError,))
 
 
 if __name__ == "__main__":

@@ -10,6 +10,7 @@ import subprocess
 import sys
 import tempfile
 import time
+from collections.abc import Awaitable, Callable
 from pathlib import Path
 
 import httpx
@@ -19,8 +20,27 @@ from bench.procstats import free_port
 ROOT = Path(__file__).resolve().parents[1]
 
 
+REQUIRED_ENV = ("MAIL_AMQP_URL", "MAIL_POSTGRES_DSN")
+
+
 class BenchError(Exception):
     """The benchmark could not run (not a slow result: figures are never judged here)."""
+
+
+def run_benchmark(name: str, run: Callable[[], Awaitable[None]],
+                  errors: tuple[type[Exception], ...] = ()) -> None:
+    """Runs a benchmark on the stack its environment names: exit 2 when none is named, 1 when
+    it could not run (its reason on stderr), 0 otherwise, whatever the figures."""
+    missing = [variable for variable in REQUIRED_ENV if not os.environ.get(variable)]
+    if missing:
+        print(f"{name}: {', '.join(missing)} not set: run `make bench`, or load a running "
+              "stack's settings first (set -a; . .run/stack/env; set +a)", file=sys.stderr)
+        sys.exit(2)
+    try:
+        asyncio.run(run())
+    except (BenchError, *errors) as error:
+        print(f"{name}: {error}", file=sys.stderr)
+        sys.exit(1)
 
 
 def metric_values(text: str, names: tuple[str, ...]) -> dict[str, float]:
