@@ -6,6 +6,7 @@ secret are replaced, and the rendered line is scrubbed of every registered secre
 of passwords inside URLs, which also covers exception messages and third-party loggers.
 """
 
+import base64
 import logging
 import re
 import sys
@@ -25,9 +26,21 @@ _secret_values: set[str] = set()
 
 
 def register_secret(value: str | None) -> None:
-    """Remember a secret value so that it is scrubbed from every line written after this."""
+    """Remember a secret value so that it is scrubbed from every line written after this,
+    also as a JSON string escapes it and as AUTH LOGIN sends it (base64)."""
     if value and len(value) >= 4:
         _secret_values.add(value)
+        _secret_values.add(orjson.dumps(value).decode()[1:-1])
+        _secret_values.add(base64.b64encode(value.encode()).decode())
+
+
+def register_login(username: str | None, password: str | None) -> None:
+    """A login's password and its AUTH PLAIN form (base64 of NUL user NUL password), which
+    an SMTP client's frame holds before it is written."""
+    register_secret(password)
+    if password and len(password) >= 4:
+        plain = f"\0{username or ''}\0{password}".encode()
+        _secret_values.add(base64.b64encode(plain).decode())
 
 
 def names_secret(key: str) -> bool:
@@ -77,10 +90,14 @@ def configure_logging(level: str = "info", fmt: str = "auto", stream: TextIO | N
     ]
     final: list = [structlog.stdlib.ProcessorFormatter.remove_processors_meta]
     if as_json:
-        final += [structlog.processors.dict_tracebacks, structlog.processors.JSONRenderer(
+        # Without locals: a frame of an SMTP client's AUTH holds the login in base64.
+        final += [structlog.processors.ExceptionRenderer(
+            structlog.tracebacks.ExceptionDictTransformer(show_locals=False)),
+            structlog.processors.JSONRenderer(
             serializer=_json_dumps)]
     else:
-        final += [structlog.dev.ConsoleRenderer(colors=stream.isatty())]
+        final += [structlog.dev.ConsoleRenderer(
+            colors=stream.isatty(), exception_formatter=structlog.dev.plain_traceback)]
     final.append(_scrub_rendered)
 
     structlog.configure(

@@ -12,6 +12,7 @@ import ssl
 from dataclasses import dataclass, field
 from typing import Any
 
+from shared.logging import register_login
 from shared.messages import Tls
 
 
@@ -21,6 +22,10 @@ class PopLogin:
     port: int
     username: str
     password: str = field(repr=False)
+
+    def __post_init__(self) -> None:
+        # Also a test mail's password that was never stored (so never decrypted).
+        register_login(self.username, self.password)
 
 
 class PopError(Exception):

@@ -27,6 +27,7 @@ from typing import Literal, TypeVar
 import aiosmtplib
 from aiosmtplib import SMTPResponse
 
+from shared.logging import register_login
 from shared.messages import Tls
 from shared.pop import PopError, PopLogin, pop_login
 
@@ -59,6 +60,10 @@ class SmtpEndpoint:
     username: str | None = None  # None: no AUTH
     password: str | None = field(default=None, repr=False)
     pop: PopLogin | None = None
+
+    def __post_init__(self) -> None:
+        # Also a test mail's password that was never stored (so never decrypted).
+        register_login(self.username, self.password)
 
 
 class SmtpStageError(Exception):
