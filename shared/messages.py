@@ -3,6 +3,7 @@
 Bytes are decoded into these at the edge of each service; handlers only see models.
 """
 
+import hashlib
 import uuid
 from datetime import UTC, datetime
 from typing import Annotated, Any, Literal
@@ -26,6 +27,12 @@ def _now() -> datetime:
 
 def _event_id() -> str:
     return uuid.uuid4().hex
+
+
+def stable_event_id(*parts: object) -> str:
+    """The same event gets the same id when a crash or a redelivery makes us publish it
+    again (at-least-once: consumers drop repeats by `event_id`)."""
+    return hashlib.sha256(":".join(map(str, parts)).encode()).hexdigest()[:32]
 
 
 class Model(BaseModel):

@@ -52,20 +52,19 @@ class FanOut:
             self._returned.add(message.message_id)
 
     async def publish(self, db: asyncpg.Connection, delivery_id: str, account_id: str) -> int:
-        """Publishes the jobs of every recipient not yet queued; returns how many."""
+        """Publishes the jobs of every recipient not yet queued; returns how many. The caller
+        has checked that the account's queue is there (`require_queue`)."""
         if self._exchange is None:
             self._exchange = await self._channel.get_exchange(self._topology.send_exchange)
-        await self._require_queue(account_id)
         pending = await repository.not_queued(db, delivery_id)
         for start in range(0, len(pending), self._window):
             window = pending[start:start + self._window]
             await self._publish_window(db, delivery_id, account_id, window)
         return len(pending)
 
-    async def _require_queue(self, account_id: str) -> None:
+    async def require_queue(self, account_id: str) -> None:
         """config_svc declares an account's queue; the dispatcher only checks that it is there
-        (a passive declare needs no permission: it may not read account queues). A missing
-        queue fails the request for now; it is tried again, then dead-lettered."""
+        (a passive declare needs no permission: it may not read account queues)."""
         channel = await self._connection.channel()
         try:
             await channel.declare_queue(self._topology.account_queue(account_id), passive=True)

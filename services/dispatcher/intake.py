@@ -8,10 +8,10 @@ from aio_pika.abc import AbstractChannel
 
 from services.dispatcher import repository
 from services.dispatcher.decode import decode_request
-from services.dispatcher.fanout import FanOut
-from services.dispatcher.rejection import DUPLICATE_DELIVERY, Rejection
+from services.dispatcher.fanout import FanOut, Unroutable
+from services.dispatcher.rejection import DUPLICATE_DELIVERY, UNKNOWN_ACCOUNT, Rejection
 from services.dispatcher.validate import prepare
-from shared.messages import DeliveryAccepted, DeliveryRejected, Event
+from shared.messages import DeliveryAccepted, DeliveryRejected, Event, stable_event_id
 from shared.topology import EventPublisher, Topology, make_message, publish
 
 log = structlog.get_logger(__name__)
@@ -70,18 +70,32 @@ class Intake:
             if stored is None:
                 prepared = prepare(request, await repository.find_account(
                     self._pool, request.account_id))
+                await self._require_queue(prepared.account_id, request.delivery_id)
                 await repository.store(db, prepared, sha256)
                 account_id, total = prepared.account_id, len(prepared.recipients)
             else:  # redelivered after a crash half-way: publish only what is not queued yet
                 account_id, total = str(stored["account_id"]), stored["total"]
+                # Stored already: a queue gone now is a fault to retry, not a refusal.
+                await self._fanout.require_queue(account_id)
             structlog.contextvars.bind_contextvars(account_id=account_id)
             published = await self._fanout.publish(db, request.delivery_id, account_id)
             await self._events.publish(DeliveryAccepted(
+                event_id=stable_event_id(request.delivery_id, "accepted"),
                 delivery_id=request.delivery_id, metadata=request.metadata,
                 account_id=account_id, recipients=total))
             await repository.mark_accepted(db, request.delivery_id)
         log.info("delivery accepted", recipients=total, published_now=published)
         return "accepted"
+
+    async def _require_queue(self, account_id: str, delivery_id: str) -> None:
+        """Before anything is stored: a request whose account has no queue (deleted a moment
+        ago, or its creation unfinished) is refused at once, not retried into the dead
+        letters without a word."""
+        try:
+            await self._fanout.require_queue(account_id)
+        except Unroutable as error:
+            raise Rejection(UNKNOWN_ACCOUNT, f"{error}: the account is being deleted, or its "
+                            "creation did not finish; nothing was sent", delivery_id) from None
 
     async def _reject(self, body: bytes, message_id: str | None, rejection: Rejection) -> None:
         if rejection.delivery_id is not None:

@@ -108,8 +108,36 @@ async def release_lease(db: asyncpg.Pool, account_id: str, owner: str,
     counts as a send for pacing."""
     await db.execute(
         "UPDATE account_runtime SET lease_owner = NULL, lease_until = NULL, "
-        "last_end = CASE WHEN $3 THEN clock_timestamp() ELSE last_end END "
+        "last_end = CASE WHEN $3 THEN greatest(last_end, clock_timestamp()) ELSE last_end END "
         "WHERE account_id = $1 AND lease_owner = $2", account_id, owner, touched_server)
+
+
+async def mark_end(db: asyncpg.Pool, account_id: str) -> None:
+    """An SMTP transaction that reached the server ended now and records no outcome (withdrawn,
+    a copy of a job already done): it counts for pacing, whoever holds the lease."""
+    await db.execute(
+        "UPDATE account_runtime SET last_end = greatest(last_end, clock_timestamp()) "
+        "WHERE account_id = $1", account_id)
+
+
+class AccountLease:
+    """One account's lease, as the pacer uses it (a fake stands in for it in unit tests)."""
+
+    def __init__(self, db: asyncpg.Pool, account_id: str) -> None:
+        self._db = db
+        self._account_id = account_id
+
+    async def take(self, owner: str, interval_ms: int, ttl_s: float) -> float | None:
+        return await take_lease(self._db, self._account_id, owner, interval_ms, ttl_s)
+
+    async def extend(self, owner: str, ttl_s: float) -> bool:
+        return await extend_lease(self._db, self._account_id, owner, ttl_s)
+
+    async def left_s(self) -> float:
+        return await lease_left_s(self._db, self._account_id)
+
+    async def release(self, owner: str, touched_server: bool) -> None:
+        await release_lease(self._db, self._account_id, owner, touched_server)
 
 
 async def ensure_runtime(db: asyncpg.Pool, account_id: str) -> None:
@@ -123,16 +151,24 @@ async def set_interval(db: asyncpg.Pool, account_id: str, interval_ms: int | Non
 
 
 async def set_paused(db: asyncpg.Pool, account_id: str, reason: str | None,
-                     detail: str | None) -> None:
-    """The sender's own pause, and the account's `paused` flag that operators see and resume
-    through config_svc (its resume announces `account.resumed`, which the sender follows)."""
+                     detail: str | None, event: dict[str, Any] | None = None) -> bool:
+    """The sender's own pause (None: its end), and the account's `paused` flag that operators
+    see and resume through config_svc (its resume announces `account.resumed`, which the
+    sender follows). `event` goes into the outbox in the same transaction, only when the
+    state changed: two replicas ending one pause announce it once. Returns whether it did."""
     async with db.acquire() as connection, connection.transaction():
-        await connection.execute(
+        changed = bool(await connection.fetchval(
             "UPDATE account_runtime SET paused_reason = $2, paused_detail = $3, "
             "paused_at = CASE WHEN $2::text IS NULL THEN NULL ELSE now() END "
-            "WHERE account_id = $1", account_id, reason, detail)
+            "WHERE account_id = $1 AND paused_reason IS DISTINCT FROM $2 RETURNING true",
+            account_id, reason, detail))
         # An operator's pause outlives the sender's: only an operator's resume ends it.
         await connection.execute(
             "UPDATE accounts SET paused = CASE WHEN paused_by = 'operator' THEN true ELSE $2 END, "
             "paused_by = CASE WHEN paused_by = 'operator' THEN 'operator' "
             "WHEN $2 THEN 'sender' END WHERE id = $1", account_id, reason is not None)
+        if changed and event is not None:
+            await connection.execute(
+                "INSERT INTO sender_outbox (routing_key, event_id, body) VALUES ($1, $2, $3)",
+                event["type"], event["event_id"], event)
+    return changed

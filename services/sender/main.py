@@ -6,9 +6,10 @@ from pathlib import Path
 
 import structlog
 
+from services.sender.parts import Composers, SenderParts
+from services.sender.recorder import DatabaseHealth
 from services.sender.settings import SenderSettings
 from services.sender.supervisor import Supervisor
-from services.sender.worker import Composers, SenderParts
 from shared.crypto import SecretBox
 from shared.db import create_stateless_pool
 from shared.http import Health, HttpServer, health_app
@@ -40,14 +41,16 @@ async def serve(settings: SenderSettings) -> None:
         relay = OutboxRelay(pool, await open_confirmed_channel(connection), topology,
                             table="sender_outbox", poll_s=settings.outbox_poll_s,
                             linger_s=settings.outbox_linger_ms / 1000)
+        database = DatabaseHealth()
         supervisor = Supervisor(connection, SenderParts(
             pool=pool, settings=settings, box=box,
             ssl_context=client_ssl_context(settings.smtp_ca_file), topology=topology,
             events=EventPublisher(publishing, topology), publish_channel=publishing,
-            composers=Composers(pool), wake_events=relay.wake))
+            composers=Composers(pool), wake_events=relay.wake, database=database))
         health = Health()
         health.add_check("broker", lambda: not connection.is_closed)
-        health.add_check("database", lambda: not pool.is_closing())
+        # Refused while the sender's writes fail (jobs wait in hand for the database).
+        health.add_check("database", lambda: not pool.is_closing() and database.healthy)
         health.add_check("consuming", lambda: supervisor.started)
         health.add_check("outbox", lambda: relay.healthy)
         server = HttpServer(health_app(health), settings.http_host, settings.http_port)

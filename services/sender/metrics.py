@@ -24,3 +24,14 @@ PAUSE_SHORT = Counter("mail_sender_pause_short_total",
                       "Pauses shorter than the interval (a bug if ever above zero).")
 LEASE_RENEWALS = Counter("mail_sender_lease_renewals_total",
                          "Account leases renewed during a send that outlasted them.")
+RECORD_RETRIES = Counter("mail_sender_record_retries_total",
+                         "Writes after a send (outcome, pause, lease) retried: the database "
+                         "refused or dropped them.")
+JOB_RETRIES = Counter("mail_sender_job_retries_total",
+                      "Jobs kept in hand and tried again after a fault that was not the "
+                      "recipient's (database, broker, unexpected error).", ["account_id"])
+STALLED = Gauge("mail_sender_stalled_accounts",
+                "Accounts whose job in hand waits for a fault to clear before it is retried.")
+MISROUTED = Counter("mail_sender_misrouted_jobs_total",
+                    "Jobs found on another account's queue (sent back to their own, never "
+                    "sent through the wrong account).")

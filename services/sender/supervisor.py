@@ -18,12 +18,15 @@ import structlog
 from aio_pika.abc import AbstractConnection, AbstractIncomingMessage
 
 from services.sender import ledger, metrics
-from services.sender.worker import AccountWorker, SenderParts
+from services.sender.parts import SenderParts
+from services.sender.worker import AccountWorker
 
 log = structlog.get_logger(__name__)
 
-# Pauses that only a change of the account (or an operator) ends.
-SETTINGS_FAULTS = frozenset({"auth", "tls", "sender_refused", "pop", "account"})
+# Pauses that a change of the account ends (an operator's resume ends any). A connection
+# pause also ends by itself once a probe succeeds; a changed host should not wait for it.
+SETTINGS_FAULTS = frozenset({"auth", "tls", "sender_refused", "pop", "account", "secret",
+                             "connect"})
 STANDBY_DELAY_S = 2.0
 HEARTBEAT_S = 5.0
 
@@ -73,6 +76,11 @@ class Supervisor:
         if busy:
             await asyncio.wait(busy, timeout=deadline_s)
         for worker in self.workers.values():
+            if worker.busy.locked():
+                # Still sending after the grace: its lease runs out by itself, never given
+                # back under a transaction on the wire.
+                log.warning("shutdown with a send in hand", account_id=worker.account_id)
+                continue
             await worker.close_session()
             with contextlib.suppress(Exception):
                 await worker.release_lease()
@@ -102,9 +110,15 @@ class Supervisor:
         pending = self._pending_standby
         async with self._lock:
             known = [only] if only is not None else list(self.workers)
+            live = {str(row["id"]) for row in rows}
             for account_id in known:
-                if account_id not in wanted and account_id in self.workers:
-                    await self._unsubscribe(self.workers.pop(account_id))
+                worker = self.workers.get(account_id)
+                if account_id in wanted or worker is None:
+                    continue
+                if worker.consumer_tag is not None:
+                    await self._unsubscribe(worker)
+                if account_id not in live:  # deleted; a paused one keeps its worker
+                    del self.workers[account_id]
             for account_id in wanted:
                 worker = self.workers.get(account_id)
                 if worker is not None and worker.consumer_tag is not None:
@@ -121,6 +135,7 @@ class Supervisor:
             pending.update(later)
             self._spawn(self._subscribe_later(later), "standby")
         metrics.CONSUMERS.set(sum(1 for w in self.workers.values() if w.consumer_tag))
+        metrics.PAUSED.set(sum(1 for w in self.workers.values() if w.paused))
 
     async def _subscribe_later(self, account_ids: list[str]) -> None:
         """Standby subscriptions: after the owner has had its chance to become active."""
@@ -153,7 +168,12 @@ class Supervisor:
             await worker.update(account)
         channel = await self._channel_with_room()
         worker.queue = await self._parts.topology.declare_account_queue(channel[0], account_id)
-        worker.consumer_tag = await worker.queue.consume(worker.on_message)
+        worker.consuming = True
+        try:
+            worker.consumer_tag = await worker.queue.consume(worker.on_message)
+        except BaseException:
+            worker.consuming = False
+            raise
         channel[1] += 1
         log.info("consuming", account_id=account_id)
 
@@ -165,6 +185,7 @@ class Supervisor:
                 if entry[0] is worker.queue.channel:
                     entry[1] -= 1
         worker.consumer_tag = None
+        worker.consuming = False
         if not self._stopping:  # stop() gives the leases back once the sends in hand are done
             self._spawn(self._release_when_idle(worker), "release lease")
         log.info("not consuming", account_id=worker.account_id)
@@ -188,7 +209,6 @@ class Supervisor:
         # Called from inside the worker's message handler: do not wait for it here.
         await self._unsubscribe(worker)
         if self.workers.get(worker.account_id) is worker and not self._stopping:
-            metrics.PAUSED.inc()
             await self.reconcile(only=worker.account_id)
 
     # -- account events -------------------------------------------------------------------
@@ -218,7 +238,6 @@ class Supervisor:
                 if worker is None:
                     worker = await self._worker_for(account)
                 await worker.resume(announce=kind != "account.resumed")
-                metrics.PAUSED.dec()
                 self._stop_probe(account_id)
                 account = await ledger.account(self._parts.pool, account_id)
             if worker is not None and account is not None:
@@ -250,7 +269,6 @@ class Supervisor:
                     worker = await self._worker_for(account)
                 if await worker.probe():
                     await worker.resume()
-                    metrics.PAUSED.dec()
                     await self.reconcile(only=account_id)
                     return
                 wait = min(wait * 2, self._parts.settings.probe_max_s)
@@ -258,8 +276,11 @@ class Supervisor:
             self._probes.pop(account_id, None)
 
     async def _worker_for(self, account: Any) -> AccountWorker:
-        worker = AccountWorker(account, self._parts, self._on_pause)
-        self.workers[str(account["id"])] = worker
+        """The account's one worker in this replica (made when it has none)."""
+        worker = self.workers.get(str(account["id"]))
+        if worker is None:
+            worker = AccountWorker(account, self._parts, self._on_pause)
+            self.workers[str(account["id"])] = worker
         return worker
 
     # -- loops ----------------------------------------------------------------------------

@@ -11,9 +11,10 @@ import pytest
 from aio_pika.abc import AbstractQueue, AbstractRobustConnection
 
 from services.sender.main import MIGRATIONS
+from services.sender.parts import Composers, SenderParts
+from services.sender.recorder import DatabaseHealth
 from services.sender.settings import SenderSettings
 from services.sender.supervisor import Supervisor
-from services.sender.worker import Composers, SenderParts
 from shared.crypto import SecretBox
 from shared.db import migrate
 from shared.messages import AccountUpdated
@@ -135,7 +136,7 @@ async def start_sender(dispatcher: Dispatcher, amqp: AbstractRobustConnection,
             ssl_context=client_ssl_context(settings.smtp_ca_file), topology=dispatcher.topology,
             events=EventPublisher(dispatcher.channel, dispatcher.topology),
             publish_channel=dispatcher.channel, composers=Composers(dispatcher.pool),
-            wake_events=relay.wake))
+            wake_events=relay.wake, database=DatabaseHealth()))
         relay_task = asyncio.create_task(relay.run())
         await supervisor.start()
         stack = SenderStack(dispatcher, supervisor, settings, events, [], relay, relay_task)

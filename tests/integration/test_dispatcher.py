@@ -185,3 +185,34 @@ async def test_the_same_request_twice_sends_each_recipient_once(dispatcher: Disp
     # Both copies were handled (the rejection came after them): no third job waits.
     assert await dispatcher.topology.account_queue_depth(
         dispatcher.channel, dispatcher.account_id) == 0
+
+
+async def test_an_account_without_a_queue_is_refused_at_once_and_nothing_is_stored(
+    dispatcher: Dispatcher,
+) -> None:
+    queue = await dispatcher.channel.get_queue(dispatcher.account_queue())
+    await queue.delete(if_unused=False, if_empty=False)  # the account is being deleted
+    body = request_body(account_id=dispatcher.account_id)
+    await dispatcher.publish_request(body)
+    await expect_rejection(dispatcher, "unknown_account", body["delivery_id"])
+    assert await dispatcher.pool.fetchval(
+        "SELECT count(*) FROM deliveries WHERE delivery_id = $1", body["delivery_id"]) == 0
+
+
+async def test_a_request_handled_again_after_a_crash_repeats_its_acceptance_with_the_same_id(
+    dispatcher: Dispatcher,
+) -> None:
+    body = request_body(account_id=dispatcher.account_id)
+    await dispatcher.publish_request(body)
+    first = await dispatcher.next_event()
+    # As if the dispatcher died after the event, before it marked the request accepted.
+    await dispatcher.pool.execute(
+        "UPDATE deliveries SET accepted_at = NULL WHERE delivery_id = $1", body["delivery_id"])
+    await dispatcher.publish_request(body)
+    second = await dispatcher.next_event()
+    assert first["type"] == second["type"] == "delivery.accepted"
+    assert first["event_id"] == second["event_id"]
+    queue = await dispatcher.channel.get_queue(dispatcher.account_queue())
+    assert len(await receive(queue, 2)) == 2
+    assert await dispatcher.topology.account_queue_depth(
+        dispatcher.channel, dispatcher.account_id) == 0

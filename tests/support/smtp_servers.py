@@ -15,7 +15,7 @@ listens on.
 import asyncio
 import socket
 import time
-from collections.abc import AsyncIterator, Callable, Iterator
+from collections.abc import AsyncIterator, Awaitable, Callable, Iterator
 from contextlib import AbstractAsyncContextManager, asynccontextmanager, contextmanager
 from dataclasses import dataclass, field
 from typing import Any, Literal
@@ -67,7 +67,7 @@ class Received:
     mail_options: list[str]
     connection: int  # which connection (1, 2, ...) carried it
     started_at: float = 0.0  # time.monotonic() at MAIL FROM
-    ended_at: float = 0.0  # time.monotonic() when the DATA reply was given
+    ended_at: float = 0.0  # time.monotonic() when the DATA reply was given (its 250)
 
 
 @dataclass
@@ -81,6 +81,9 @@ class SmtpTestServer(Observable):
     refuse_recipients: frozenset[str] = frozenset()
     drop_after_data: bool = False
     data_delay_s: float = 0.0  # a slow provider: the reply to the data comes this much later
+    # Awaited after a message was taken, before its 250: a fault injected in the accepted
+    # window (the database's connections dropped, say).
+    before_reply: Callable[[list[str]], Awaitable[None]] | None = None
     smtputf8: bool = False
     idle_timeout_s: float = 300.0
     # A provider's cap: at most `rate_limit[0]` transactions per `rate_limit[1]` seconds;
@@ -241,16 +244,19 @@ class _Handler:
     async def handle_DATA(self, smtp: SMTP, _session: Session,
                           envelope: Envelope) -> str:
         assert isinstance(smtp, _RecordingSMTP)
-        self.test_server.messages.append(Received(
+        server = self.test_server
+        if server.before_reply is not None:
+            await server.before_reply(list(envelope.rcpt_tos))
+        if server.data_delay_s:
+            await asyncio.sleep(server.data_delay_s)
+        server.messages.append(Received(
             mail_from=envelope.mail_from or "", rcpt_tos=list(envelope.rcpt_tos),
             data=envelope.original_content or b"", mail_options=list(envelope.mail_options),
             connection=smtp.number, started_at=getattr(envelope, "started_at", 0.0),
             ended_at=time.monotonic(),
         ))
-        self.test_server.changed()
-        if self.test_server.data_delay_s:
-            await asyncio.sleep(self.test_server.data_delay_s)
-        if self.test_server.drop_after_data:
+        server.changed()
+        if server.drop_after_data:
             # Took the message, then vanish without a reply: the client cannot know.
             assert smtp.transport is not None
             smtp.transport.abort()

@@ -1,0 +1,243 @@
+"""The sender when the infrastructure fails around a send: PostgreSQL connections dropped in
+the accepted window (server 250 -> ledger commit), a pause that cannot be recorded, a password
+that cannot be decrypted, a job on the wrong account's queue. Real broker, database and SMTP
+servers; the faults are injected for real (pg_terminate_backend, a trigger that refuses a
+write, a key that is not configured)."""
+
+import asyncio
+import collections
+import itertools
+import uuid
+from typing import Any
+
+import asyncpg
+
+from services.sender import metrics
+from shared.crypto import SecretBox
+from shared.messages import SendJob
+from shared.topology import make_message, publish
+from tests.conftest import eventually
+from tests.integration.dispatcher_fixtures import request_body
+from tests.integration.sender_fixtures import SenderStack, configure_account, sender_on
+from tests.support.smtp_servers import Received, auth_server, smtp_server
+
+USER = "news@shop.example.com"
+
+
+def recipients(count: int, prefix: str = "r") -> list[dict]:
+    return [{"email": f"{prefix}{i}@example.com", "name": f"n{i}", "vars": {"plan": "gold"}}
+            for i in range(count)]
+
+
+async def drop_database_connections(dsn: str) -> int:
+    """Every other client connection of the database terminated, as a fail-over does."""
+    connection = await asyncpg.connect(dsn)
+    try:
+        return await connection.fetchval(
+            "SELECT count(pg_terminate_backend(pid)) FROM pg_stat_activity "
+            "WHERE datname = current_database() AND pid <> pg_backend_pid() "
+            "AND backend_type = 'client backend'")
+    finally:
+        await connection.close()
+
+
+async def completed_of(stack: SenderStack, delivery_id: str, timeout: float = 30) -> dict:
+    return await stack.wait_event(
+        lambda e: e["type"] == "delivery.completed" and e["delivery_id"] == delivery_id,
+        timeout=timeout)
+
+
+def gaps_ms(messages: list[Received]) -> list[float]:
+    """Each pause as the server saw it: one transaction's 250 to the next one's MAIL."""
+    return [(b.started_at - a.ended_at) * 1e3 for a, b in itertools.pairwise(messages)]
+
+
+async def test_connections_dropped_after_the_250_never_send_a_recipient_twice(
+    start_sender: Any, postgres_dsn: str,
+) -> None:
+    dropped = []
+
+    async def drop_before_some_replies(rcpt_tos: list[str]) -> None:
+        if len(dropped) < 4 and rcpt_tos[0][1] in "0369":
+            dropped.append(await drop_database_connections(postgres_dsn))
+
+    async with smtp_server(before_reply=drop_before_some_replies) as server:
+        stack = await sender_on(start_sender, server, send_interval_ms=150)
+        body = request_body(account_id=stack.account_id, recipients=recipients(12))
+        await stack.dispatcher.publish_request(body)
+        completed = await completed_of(stack, body["delivery_id"])
+        await asyncio.sleep(0)
+
+    assert len(dropped) == 4 and all(dropped), "no connection was dropped: nothing was tested"
+    assert (completed["sent"], completed["failed"], completed["total"]) == (12, 0, 12)
+    received = collections.Counter(m.rcpt_tos[0] for m in server.messages)
+    assert received == {f"r{i}@example.com": 1 for i in range(12)}
+    # At-least-once: a repeat of an event keeps its id.
+    ids = {e["event_id"] for e in stack.of_type("delivery.completed")
+           if e["delivery_id"] == body["delivery_id"]}
+    assert len(ids) == 1
+    sent_ids = collections.defaultdict(set)
+    for event in stack.of_type("mail.sent"):
+        sent_ids[event["recipient"]].add(event["event_id"])
+    assert all(len(ids) == 1 for ids in sent_ids.values())
+    # The pause held at the server, also after a record that had to be retried.
+    assert min(gaps_ms(server.messages)) >= 150
+
+
+class WriteFault:
+    """A trigger that makes PostgreSQL refuse the updates of `table` that match `condition`
+    (the first `times` of them, or all until `clear`); a sequence, outside the refused
+    transactions, counts the refusals."""
+
+    def __init__(self, pool: asyncpg.Pool, table: str, condition: str,
+                 times: int | None = None) -> None:
+        self.pool = pool
+        self.table = table
+        self.condition = condition
+        self.times = times
+        self.name = "fault_" + uuid.uuid4().hex[:12]
+
+    async def install(self) -> "WriteFault":
+        limit = "true" if self.times is None else f"nextval('{self.name}_n') <= {self.times}"
+        await self.pool.execute(f"""
+            CREATE SEQUENCE {self.name}_n;
+            CREATE SEQUENCE {self.name}_hits;
+            CREATE FUNCTION {self.name}() RETURNS trigger LANGUAGE plpgsql AS $$
+            BEGIN
+                IF ({self.condition}) AND {limit} THEN
+                    PERFORM nextval('{self.name}_hits');
+                    RAISE EXCEPTION 'injected: this write is refused';
+                END IF;
+                RETURN NEW;
+            END $$;
+            CREATE TRIGGER {self.name} BEFORE UPDATE ON {self.table}
+                FOR EACH ROW EXECUTE FUNCTION {self.name}();""")
+        return self
+
+    async def hits(self) -> int:
+        return await self.pool.fetchval(
+            f"SELECT CASE WHEN is_called THEN last_value ELSE 0 END FROM {self.name}_hits")
+
+    async def clear(self) -> None:
+        await self.pool.execute(
+            f"DROP TRIGGER IF EXISTS {self.name} ON {self.table}; "
+            f"DROP FUNCTION IF EXISTS {self.name}(); DROP SEQUENCE IF EXISTS {self.name}_n; "
+            f"DROP SEQUENCE IF EXISTS {self.name}_hits")
+
+
+async def test_a_record_refused_after_the_250_is_retried_and_never_sends_twice(
+    start_sender: Any,
+) -> None:
+    async with smtp_server() as server:
+        stack = await sender_on(start_sender, server, send_interval_ms=100)
+        body = request_body(account_id=stack.account_id, recipients=recipients(6))
+        fault = await WriteFault(stack.dispatcher.pool, "delivery_recipients",
+                                 f"NEW.delivery_id = '{body['delivery_id']}' "
+                                 "AND NEW.state = 'sent'", times=3).install()
+        try:
+            await stack.dispatcher.publish_request(body)
+            completed = await completed_of(stack, body["delivery_id"])
+            assert await fault.hits() == 3
+        finally:
+            await fault.clear()
+
+    assert (completed["sent"], completed["total"]) == (6, 6)
+    received = collections.Counter(m.rcpt_tos[0] for m in server.messages)
+    assert received == {f"r{i}@example.com": 1 for i in range(6)}
+    assert min(gaps_ms(server.messages)) >= 100
+    assert all(e["attempts"] == 1 for e in stack.of_type("mail.sent"))
+
+
+async def test_a_pause_that_cannot_be_recorded_keeps_the_job_and_pauses_once_it_can(
+    start_sender: Any,
+) -> None:
+    async with auth_server({USER: "the-right-one"}) as server:
+        stack = await sender_on(start_sender, server, smtp_auth=True, smtp_username=USER,
+                                smtp_password="a-wrong-one")
+        pool = stack.dispatcher.pool
+        fault = await WriteFault(pool, "account_runtime",
+                                 f"NEW.account_id = '{stack.account_id}' "
+                                 "AND NEW.paused_reason IS NOT NULL").install()
+        try:
+            body = request_body(account_id=stack.account_id, recipients=recipients(3))
+            await stack.dispatcher.publish_request(body)
+
+            async def tried_three_times() -> bool:
+                return await fault.hits() >= 3
+
+            # A sender that took the pause as done would nack its jobs round in a hot loop.
+            await eventually(tried_three_times, timeout=20)
+        finally:
+            await fault.clear()
+        paused = await stack.wait_event(lambda e: e["type"] == "account.paused")
+
+    assert paused["reason"] == "auth"
+    assert server.connections == 1  # the job was never taken round again
+    assert await stack.dispatcher.dead.get(fail=False) is None
+    states = await pool.fetch("SELECT state FROM delivery_recipients WHERE delivery_id = $1",
+                              body["delivery_id"])
+    assert [row["state"] for row in states] == ["queued"] * 3
+    runtime = await pool.fetchrow("SELECT paused_reason FROM account_runtime "
+                                  "WHERE account_id = $1", stack.account_id)
+    assert runtime["paused_reason"] == "auth"
+    worker = stack.supervisor.workers[stack.account_id]
+    assert worker.paused and worker.consumer_tag is None
+
+
+async def test_an_undecryptable_password_pauses_the_account_until_it_is_changed(
+    start_sender: Any,
+) -> None:
+    async with auth_server({USER: "the-right-one"}) as server:
+        stack = await sender_on(start_sender, server, smtp_auth=True, smtp_username=USER)
+        pool = stack.dispatcher.pool
+        foreign = SecretBox([SecretBox.generate_key()]).encrypt("the-right-one")
+        await configure_account(pool, stack.account_id, smtp_password_enc=foreign)
+        try:
+            await stack.announce_change()
+            body = request_body(account_id=stack.account_id, recipients=recipients(3))
+            await stack.dispatcher.publish_request(body)
+
+            paused = await stack.wait_event(lambda e: e["type"] == "account.paused")
+            assert paused["reason"] == "secret"
+            assert "cannot be decrypted" in paused["smtp_message"]
+            assert server.connections == 0
+            assert await stack.dispatcher.dead.get(fail=False) is None
+            assert not stack.of_type("mail.failed")
+        finally:  # a key rotation elsewhere must not meet a password no key can read
+            await configure_account(pool, stack.account_id, smtp_password="the-right-one")
+        await stack.announce_change()
+        completed = await completed_of(stack, body["delivery_id"])
+    assert (completed["sent"], completed["total"]) == (3, 3)
+    assert len(stack.of_type("account.resumed")) == 1
+
+
+async def test_a_job_on_another_accounts_queue_never_goes_through_this_account(
+    start_sender: Any,
+) -> None:
+    async with smtp_server() as server:
+        stack = await sender_on(start_sender, server)
+        topology = stack.dispatcher.topology
+        channel = stack.dispatcher.channel
+        other = str(uuid.uuid4())  # an account with a queue, consumed by nobody here
+        other_queue = await topology.declare_account_queue(channel, other)
+        gone = str(uuid.uuid4())  # an account whose queue no longer exists
+        send = await channel.get_exchange(topology.send_exchange)
+        for account_id in (other, gone):
+            job = SendJob(job_id=f"j-{account_id}", delivery_id="crm-elsewhere",
+                          account_id=account_id, index=0, email="x@example.com")
+            # Onto this stack's account's queue, as a channel out of step would put it.
+            await publish(send, stack.account_id, make_message(job, message_id=job.job_id,
+                                                               type_="mail.send"))
+
+        async with other_queue.iterator() as messages, asyncio.timeout(15):
+            async for returned in messages:  # a single-active-consumer queue: no basic.get
+                await returned.ack()
+                break
+        dead = await eventually(lambda: stack.dispatcher.dead.get(fail=False), timeout=15)
+
+    assert SendJob.model_validate_json(returned.body).account_id == other
+    assert SendJob.model_validate_json(dead.body).account_id == gone
+    assert dead.headers["x-reason"] == "wrong_account"
+    assert server.connections == 0 and server.messages == []
+    assert metrics.MISROUTED._value.get() >= 2
+    await other_queue.delete(if_unused=False, if_empty=False)
