@@ -46,12 +46,14 @@ async def serve(settings: SenderSettings) -> None:
             pool=pool, settings=settings, box=box,
             ssl_context=client_ssl_context(settings.smtp_ca_file), topology=topology,
             events=EventPublisher(publishing, topology), publish_channel=publishing,
-            composers=Composers(pool), wake_events=relay.wake, database=database))
+            composers=Composers(pool), wake_events=relay.wake, database=database),
+            amqp_url=settings.amqp_url.get_secret_value())
         health = Health()
         health.add_check("broker", lambda: not connection.is_closed)
         # Refused while the sender's writes fail (jobs wait in hand for the database).
         health.add_check("database", lambda: not pool.is_closing() and database.healthy)
-        health.add_check("consuming", lambda: supervisor.started)
+        # False while an account that should be consumed here is not (a lost channel).
+        health.add_check("consuming", lambda: supervisor.consuming_all)
         health.add_check("outbox", lambda: relay.healthy)
         server = HttpServer(health_app(health), settings.http_host, settings.http_port)
         stop = stop_on_signals()

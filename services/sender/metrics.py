@@ -35,3 +35,6 @@ STALLED = Gauge("mail_sender_stalled_accounts",
 MISROUTED = Counter("mail_sender_misrouted_jobs_total",
                     "Jobs found on another account's queue (sent back to their own, never "
                     "sent through the wrong account).")
+CONSUMERS_LOST = Counter("mail_sender_consumers_lost_total",
+                         "Account consumers lost (connection, channel, cancelled by the broker) "
+                         "and subscribed again.", ["why"])

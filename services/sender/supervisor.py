@@ -5,6 +5,10 @@ Account events are followed within a second; a periodic reconcile catches a miss
 several replicas, each subscribes first to the accounts that rendezvous hashing gives it and
 to the rest a little later, as standby: single active consumer then spreads the active
 consumers over the replicas, and a standby takes over when a replica dies.
+
+The consumers have a connection of their own (`ConsumerChannels`); whatever of it is lost is
+subscribed again from the accounts table, never from what was consumed before, so a deleted
+account's queue is never brought back.
 """
 
 import asyncio
@@ -18,6 +22,7 @@ import structlog
 from aio_pika.abc import AbstractConnection, AbstractIncomingMessage
 
 from services.sender import ledger, metrics
+from services.sender.consumers import ConsumerChannels
 from services.sender.parts import SenderParts
 from services.sender.worker import AccountWorker
 
@@ -29,6 +34,8 @@ SETTINGS_FAULTS = frozenset({"auth", "tls", "sender_refused", "pop", "account", 
                              "connect"})
 STANDBY_DELAY_S = 2.0
 HEARTBEAT_S = 5.0
+FIRST_RECOVERY_S = 0.2
+MAX_RECOVERY_S = 30.0
 
 
 def rendezvous_owner(account_id: str, replicas: list[str]) -> str | None:
@@ -38,11 +45,17 @@ def rendezvous_owner(account_id: str, replicas: list[str]) -> str | None:
 
 
 class Supervisor:
-    def __init__(self, connection: AbstractConnection, parts: SenderParts) -> None:
-        self._connection = connection
+    def __init__(self, connection: AbstractConnection, parts: SenderParts,
+                 amqp_url: str) -> None:
+        self._connection = connection  # robust: account events
         self._parts = parts
+        settings = parts.settings
+        self._consumers = ConsumerChannels(
+            amqp_url, f"sender {settings.replica_id} consumers", parts.topology,
+            settings.consumers_per_channel, self._lost)
         self.workers: dict[str, AccountWorker] = {}
-        self._channels: list[list[Any]] = []  # [channel, consumers on it]
+        self._wanted: set[str] = set()  # as of the last full reconcile
+        self._recovery: asyncio.Task | None = None
         self._lock = asyncio.Lock()
         self._probes: dict[str, asyncio.Task] = {}
         self._tasks: set[asyncio.Task] = set()
@@ -75,6 +88,8 @@ class Supervisor:
         busy = [asyncio.create_task(self._idle(worker)) for worker in self.workers.values()]
         if busy:
             await asyncio.wait(busy, timeout=deadline_s)
+        # Only now: the sends in hand are acked on the consumers' channels.
+        await self._consumers.close()
         for worker in self.workers.values():
             if worker.busy.locked():
                 # Still sending after the grace: its lease runs out by itself, never given
@@ -86,6 +101,14 @@ class Supervisor:
                 await worker.release_lease()
         await self._parts.pool.execute("DELETE FROM sender_replicas WHERE replica_id = $1",
                                        self._parts.settings.replica_id)
+
+    @property
+    def consuming_all(self) -> bool:
+        """Readiness: every account this replica should consume has its consumer."""
+        due = self._wanted - self._pending_standby
+        return self.started and all(
+            (worker := self.workers.get(account_id)) is not None and worker.consumer_tag
+            for account_id in due)
 
     @staticmethod
     async def _idle(worker: AccountWorker) -> None:
@@ -108,6 +131,13 @@ class Supervisor:
         replicas = await self._live_replicas()
         later = []
         pending = self._pending_standby
+        failed = 0
+        if only is None:
+            self._wanted = set(wanted)
+        elif only in wanted:
+            self._wanted.add(only)
+        else:
+            self._wanted.discard(only)
         async with self._lock:
             known = [only] if only is not None else list(self.workers)
             live = {str(row["id"]) for row in rows}
@@ -124,8 +154,13 @@ class Supervisor:
                 if worker is not None and worker.consumer_tag is not None:
                     continue
                 owner = rendezvous_owner(account_id, replicas)
-                if owner in (None, self._parts.settings.replica_id):
-                    await self._subscribe(account_id)
+                if owner in (None, self._parts.settings.replica_id) or worker is not None:
+                    # Its owner, or a consumer lost here: at once (an active one returns).
+                    try:
+                        await self._subscribe(account_id)
+                    except Exception:
+                        failed += 1
+                        log.exception("subscribing failed", account_id=account_id)
                 elif account_id not in pending:
                     later.append(account_id)
             for row in rows:  # connection pauses end by themselves once a probe succeeds
@@ -136,6 +171,8 @@ class Supervisor:
             self._spawn(self._subscribe_later(later), "standby")
         metrics.CONSUMERS.set(sum(1 for w in self.workers.values() if w.consumer_tag))
         metrics.PAUSED.set(sum(1 for w in self.workers.values() if w.paused))
+        if failed:
+            self._recover()
 
     async def _subscribe_later(self, account_ids: list[str]) -> None:
         """Standby subscriptions: after the owner has had its chance to become active."""
@@ -166,24 +203,18 @@ class Supervisor:
             worker = await self._worker_for(account)
         else:
             await worker.update(account)
-        channel = await self._channel_with_room()
-        worker.queue = await self._parts.topology.declare_account_queue(channel[0], account_id)
         worker.consuming = True
         try:
-            worker.consumer_tag = await worker.queue.consume(worker.on_message)
+            worker.queue, worker.consumer_tag = await self._consumers.consume(
+                account_id, worker.on_message)
         except BaseException:
             worker.consuming = False
             raise
-        channel[1] += 1
         log.info("consuming", account_id=account_id)
 
     async def _unsubscribe(self, worker: AccountWorker) -> None:
         if worker.queue is not None and worker.consumer_tag is not None:
-            with contextlib.suppress(Exception):  # a closed channel has no consumer anyway
-                await worker.queue.cancel(worker.consumer_tag)
-            for entry in self._channels:
-                if entry[0] is worker.queue.channel:
-                    entry[1] -= 1
+            await self._consumers.cancel(worker.queue, worker.consumer_tag)
         worker.consumer_tag = None
         worker.consuming = False
         if not self._stopping:  # stop() gives the leases back once the sends in hand are done
@@ -195,15 +226,35 @@ class Supervisor:
         async with worker.busy:
             await worker.release_lease()
 
-    async def _channel_with_room(self) -> list[Any]:
-        for entry in self._channels:
-            if entry[1] < self._parts.settings.consumers_per_channel and not entry[0].is_closed:
-                return entry
-        channel = await self._connection.channel()
-        await channel.set_qos(prefetch_count=1)  # per consumer: global is off
-        entry = [channel, 0]
-        self._channels.append(entry)
-        return entry
+    def _lost(self, account_ids: list[str], why: str) -> None:
+        """Consumers lost with their connection or channel, or cancelled by the broker."""
+        for account_id in account_ids:
+            worker = self.workers.get(account_id)
+            if worker is not None:
+                worker.consumer_tag = None
+                worker.consuming = False
+        metrics.CONSUMERS_LOST.labels(why).inc(len(account_ids))
+        if not self._stopping:
+            self._recover()
+
+    def _recover(self) -> None:
+        """Subscribes again what should be consumed, backing off while the broker is away."""
+        if self._recovery is None or self._recovery.done():
+            self._recovery = asyncio.create_task(self._recover_loop(), name="recover")
+
+    async def _recover_loop(self) -> None:
+        delay = FIRST_RECOVERY_S
+        while not self._stopping:
+            await asyncio.sleep(delay)
+            try:
+                await self.reconcile()
+                if self.consuming_all:
+                    log.info("consumers recovered", consumers=metrics.CONSUMERS._value.get())
+                    return
+            except Exception as error:
+                log.warning("recovering the consumers failed; retrying", error=str(error),
+                            retry_in_s=delay)
+            delay = min(delay * 2, MAX_RECOVERY_S)
 
     async def _on_pause(self, worker: AccountWorker) -> None:
         # Called from inside the worker's message handler: do not wait for it here.

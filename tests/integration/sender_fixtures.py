@@ -136,7 +136,7 @@ async def start_sender(dispatcher: Dispatcher, amqp: AbstractRobustConnection,
             ssl_context=client_ssl_context(settings.smtp_ca_file), topology=dispatcher.topology,
             events=EventPublisher(dispatcher.channel, dispatcher.topology),
             publish_channel=dispatcher.channel, composers=Composers(dispatcher.pool),
-            wake_events=relay.wake, database=DatabaseHealth()))
+            wake_events=relay.wake, database=DatabaseHealth()), amqp_url=amqp_url)
         relay_task = asyncio.create_task(relay.run())
         await supervisor.start()
         stack = SenderStack(dispatcher, supervisor, settings, events, [], relay, relay_task)

@@ -10,14 +10,17 @@ import itertools
 import uuid
 from typing import Any
 
+import aio_pika
 import asyncpg
 
+from services.config_svc.queues import AccountQueues
+from services.config_svc.repository import to_public
 from services.sender import metrics
 from shared.crypto import SecretBox
-from shared.messages import SendJob
-from shared.topology import make_message, publish
+from shared.messages import AccountDeleted, AccountUpdated, SendJob
+from shared.topology import EventPublisher, make_message, publish
 from tests.conftest import eventually
-from tests.integration.dispatcher_fixtures import request_body
+from tests.integration.dispatcher_fixtures import insert_account, request_body
 from tests.integration.sender_fixtures import SenderStack, configure_account, sender_on
 from tests.support.smtp_servers import Received, auth_server, smtp_server
 
@@ -241,3 +244,93 @@ async def test_a_job_on_another_accounts_queue_never_goes_through_this_account(
     assert server.connections == 0 and server.messages == []
     assert metrics.MISROUTED._value.get() >= 2
     await other_queue.delete(if_unused=False, if_empty=False)
+
+
+async def new_account(stack: SenderStack, server: Any, letter: str) -> str:
+    """An account of its own (its From says which), with its queue, announced."""
+    pool = stack.dispatcher.pool
+    account_id = await insert_account(pool)
+    await stack.dispatcher.topology.declare_account_queue(stack.dispatcher.channel, account_id)
+    await configure_account(pool, account_id, smtp_host=server.host, smtp_port=server.port,
+                            from_address=f"{letter}@shop.example.com")
+    await announce(stack, AccountUpdated, account_id)
+    return account_id
+
+
+async def announce(stack: SenderStack, event: Any, account_id: str) -> None:
+    row = await stack.dispatcher.pool.fetchrow("SELECT * FROM accounts WHERE id = $1",
+                                               account_id)
+    publisher = EventPublisher(stack.dispatcher.channel, stack.dispatcher.topology)
+    await publisher.publish(event(account_id=account_id, account=to_public(row)))
+
+
+async def delete_account(stack: SenderStack, account_id: str) -> None:
+    """As config_svc deletes one, forced: soft delete and its event, then the queue goes."""
+    await stack.dispatcher.pool.execute(
+        "UPDATE accounts SET deleted_at = now() WHERE id = $1", account_id)
+    await announce(stack, AccountDeleted, account_id)
+    queues = AccountQueues(stack.dispatcher.channel, stack.dispatcher.topology)
+    await queues.remove(account_id, reason="account_deleted")
+
+
+async def queue_exists(amqp: Any, stack: SenderStack, account_id: str) -> bool:
+    channel = await amqp.channel()
+    try:
+        await channel.declare_queue(stack.dispatcher.topology.account_queue(account_id),
+                                    passive=True)
+        return True
+    except aio_pika.exceptions.ChannelNotFoundEntity:
+        return False
+    finally:
+        if not channel.is_closed:
+            await channel.close()
+
+
+async def test_a_burst_of_deletes_with_two_replicas_sends_nothing_through_a_wrong_account(
+    start_sender: Any, amqp: Any,
+) -> None:
+    async with smtp_server() as server:
+        first = await sender_on(start_sender, server, from_address="a@shop.example.com")
+        second = await start_sender()
+        letters = {first.account_id: "a"}
+        for letter in "bcdefg":
+            letters[await new_account(first, server, letter)] = letter
+        survivors = [first.account_id, next(a for a, x in letters.items() if x == "b")]
+        doomed = [account for account in letters if account not in survivors]
+
+        async def everything_consumed() -> bool:
+            return all(stack.supervisor.consuming_all and set(letters) <= {
+                a for a, w in stack.supervisor.workers.items() if w.consumer_tag}
+                for stack in (first, second))
+
+        await eventually(everything_consumed, timeout=20)
+        for account_id in doomed:  # within a few tens of milliseconds
+            await delete_account(first, account_id)
+
+        async def deletes_followed() -> bool:
+            return all(not any(a in stack.supervisor.workers for a in doomed)
+                       and stack.supervisor.consuming_all for stack in (first, second))
+
+        await eventually(deletes_followed, timeout=20)
+        bodies = []
+        for account_id in survivors:
+            letter = letters[account_id]
+            body = request_body(account_id=account_id, recipients=recipients(10, letter))
+            await first.dispatcher.publish_request(body)
+            bodies.append(body)
+        for body in bodies:
+            await eventually(lambda b=body: delivered(server, b), timeout=30)
+
+    for message in server.messages:
+        # Each mail through its own account: its From is the account's.
+        assert message.mail_from == f"{message.rcpt_tos[0][0]}@shop.example.com"
+    received = collections.Counter(m.rcpt_tos[0] for m in server.messages)
+    assert all(count == 1 for count in received.values())
+    assert len(received) == 20
+    for account_id in doomed:
+        assert not await queue_exists(amqp, first, account_id)  # never brought back
+
+
+async def delivered(server: Any, body: dict) -> bool:
+    wanted = {r["email"] for r in body["recipients"]}
+    return wanted <= {m.rcpt_tos[0] for m in server.messages}

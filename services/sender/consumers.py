@@ -1,0 +1,134 @@
+"""The account consumers' own broker connection and channels, about a hundred consumers each.
+
+Not a robust connection, on purpose. aio-pika's robust channel restores what it once declared
+and consumed: after a reconnect, or after the broker cancelled a consumer because its queue
+was deleted, it re-declares the queue (a deleted account's queue comes back) and consumes it
+again, beside our own bookkeeping. Here the supervisor alone decides what is consumed, from
+the accounts table: whatever is lost (a connection, a channel that failed, a consumer the
+broker cancelled) is reported through `on_lost`, and the supervisor subscribes again what
+should be consumed.
+"""
+
+import contextlib
+from collections.abc import Awaitable, Callable
+from dataclasses import dataclass, field
+from typing import Any
+
+import aio_pika
+import structlog
+from aio_pika.abc import AbstractChannel, AbstractConnection, AbstractQueue
+
+from shared.topology import Topology
+
+log = structlog.get_logger(__name__)
+
+LostHook = Callable[[list[str], str], None]
+
+
+@dataclass(eq=False)
+class _Slot:
+    channel: AbstractChannel
+    tags: dict[str, str] = field(default_factory=dict)  # consumer tag -> account id
+
+
+class ConsumerChannels:
+    def __init__(self, url: str, name: str, topology: Topology, per_channel: int,
+                 on_lost: LostHook) -> None:
+        self._url = url
+        self._name = name
+        self._topology = topology
+        self._per_channel = per_channel
+        self._on_lost = on_lost
+        self._connection: AbstractConnection | None = None
+        self._slots: list[_Slot] = []
+        self._closing = False
+
+    @property
+    def is_open(self) -> bool:
+        return self._connection is not None and not self._connection.is_closed
+
+    async def consume(self, account_id: str,
+                      on_message: Callable[[Any], Awaitable[None]]) -> tuple[AbstractQueue, str]:
+        slot = await self._slot_with_room()
+        try:
+            queue = await self._topology.declare_account_queue(slot.channel, account_id)
+            tag = await queue.consume(on_message)
+        except Exception:
+            # A channel whose command failed may be closed, or out of step with the broker:
+            # closed here; the consumers it carried are reported lost and moved.
+            await self._discard(slot, "a command on the channel failed")
+            raise
+        slot.tags[tag] = account_id
+        return queue, tag
+
+    async def cancel(self, queue: AbstractQueue, tag: str) -> None:
+        for slot in self._slots:
+            slot.tags.pop(tag, None)
+        with contextlib.suppress(Exception):  # a closed channel has no consumer anyway
+            await queue.cancel(tag)
+
+    async def close(self) -> None:
+        self._closing = True
+        if self._connection is not None:
+            with contextlib.suppress(Exception):
+                await self._connection.close()
+
+    async def _slot_with_room(self) -> _Slot:
+        if not self.is_open:
+            await self._connect()
+        for slot in self._slots:
+            if len(slot.tags) < self._per_channel and not slot.channel.is_closed:
+                return slot
+        channel = await self._connection_open().channel()
+        await channel.set_qos(prefetch_count=1)  # per consumer: global is off
+        slot = _Slot(channel)
+        channel.close_callbacks.add(lambda _ch, error: self._lost_slot(slot, str(error)))
+        underlay = await channel.get_underlay_channel()
+        underlay.on_consumer_cancel_callbacks.add(
+            lambda frame: self._cancelled(slot, frame.consumer_tag))
+        self._slots.append(slot)
+        return slot
+
+    def _connection_open(self) -> AbstractConnection:
+        assert self._connection is not None
+        return self._connection
+
+    async def _connect(self) -> None:
+        self._slots = []
+        connection = await aio_pika.connect(
+            self._url, client_properties={"connection_name": self._name})
+        connection.close_callbacks.add(self._lost_connection)
+        self._connection = connection
+        log.info("consumers' connection open")
+
+    # -- losses -------------------------------------------------------------------------
+
+    def _lost_connection(self, connection: Any, error: BaseException | None) -> None:
+        if connection is not self._connection:
+            return
+        lost = [account for slot in self._slots for account in slot.tags.values()]
+        self._slots = []
+        if not self._closing:
+            log.warning("consumers' connection lost", error=str(error), consumers=len(lost))
+            self._on_lost(lost, "connection lost")
+
+    def _lost_slot(self, slot: _Slot, error: str) -> None:
+        if slot not in self._slots:
+            return
+        self._slots.remove(slot)
+        lost, slot.tags = list(slot.tags.values()), {}
+        if not self._closing and lost:
+            log.warning("a consumers' channel closed", error=error, consumers=len(lost))
+            self._on_lost(lost, "channel closed")
+
+    def _cancelled(self, slot: _Slot, tag: str) -> None:
+        account = slot.tags.pop(tag, None)
+        if account is not None and not self._closing:
+            # The queue was deleted (an account removed) or lost its leader in a cluster.
+            log.warning("consumer cancelled by the broker", account_id=account)
+            self._on_lost([account], "cancelled by the broker")
+
+    async def _discard(self, slot: _Slot, why: str) -> None:
+        self._lost_slot(slot, why)
+        with contextlib.suppress(Exception):
+            await slot.channel.close()
