@@ -227,6 +227,18 @@ def _checked(what: str, value: str) -> str:
     return value
 
 
+def account_address_problem(from_address: str, reply_to: str | None) -> str | None:
+    """Why the account's From or Reply-To cannot be written, or None: the account's fault,
+    the same for every recipient."""
+    for field, address in (("from_address", from_address), ("reply_to", reply_to)):
+        if address:
+            try:
+                _wire_address(address)
+            except ValueError as error:
+                return f"{field}: {error}"
+    return None
+
+
 def _wire_address(address: str) -> tuple[str, bool]:
     """The address as written in headers, and whether it is raw UTF-8 (SMTPUTF8 needed)."""
     if not _ADDRESS.fullmatch(address):

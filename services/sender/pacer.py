@@ -73,7 +73,6 @@ class Pacer:
         self._clock = clock or Clock()
         self.ended_at = 0.0  # end of the last transaction that reached the server
         self._lease_until = 0.0  # before it the lease is surely ours
-        self._renewals: set[asyncio.Task] = set()
 
     @property
     def holds_lease(self) -> bool:
@@ -121,31 +120,31 @@ class Pacer:
 
     @contextmanager
     def guard(self) -> Iterator[None]:
-        """Renews the lease if the send in hand outlasts it (a slow server)."""
-        left = self._lease_until - self._clock.now() - LEASE_MARGIN_S
-        timer = asyncio.get_running_loop().call_later(max(0.0, left), self._renew)
+        """Renews the lease, again and again, while the send in hand outlasts it (a slow
+        server, a session opened anew)."""
+        task = asyncio.create_task(self._keep_renewed())
         try:
             yield
         finally:
-            timer.cancel()
+            task.cancel()
 
-    def _renew(self) -> None:
-        async def renew() -> None:
+    async def _keep_renewed(self) -> None:
+        while True:
+            # Never a busy loop, even with a lease shorter than the margin.
+            await self._clock.sleep(max(LEASE_MARGIN_S / 4, self._lease_until
+                                        - self._clock.now() - LEASE_MARGIN_S))
             asked = self._clock.now()
             try:
                 ours = await self._store.extend(self.owner, self._ttl_s)
             except Exception:
-                log.exception("renewing the account's lease failed")
-                return
-            if ours:
-                self._lease_until = asked + self._ttl_s
-                metrics.LEASE_RENEWALS.inc()
-            else:
+                log.exception("renewing the account's lease failed; trying again")
+                continue
+            if not ours:
                 self._lease_until = 0.0
                 log.error("the account's lease was lost during a send")
-        task = asyncio.create_task(renew())
-        self._renewals.add(task)
-        task.add_done_callback(self._renewals.discard)
+                return
+            self._lease_until = asked + self._ttl_s
+            metrics.LEASE_RENEWALS.inc()
 
     async def release(self) -> None:
         """Gives back a lease still held (consumer cancelled, shutdown), so that another

@@ -123,6 +123,8 @@ class Supervisor:
     # -- consumers ------------------------------------------------------------------------
 
     async def reconcile(self, only: str | None = None) -> None:
+        if self._stopping:
+            return
         rows = await ledger.live_accounts(self._parts.pool)
         if only is not None:
             rows = [row for row in rows if str(row["id"]) == only]
@@ -149,6 +151,7 @@ class Supervisor:
                     await self._unsubscribe(worker)
                 if account_id not in live:  # deleted; a paused one keeps its worker
                     del self.workers[account_id]
+                    self._spawn(self._retire(worker), "retire")
             for account_id in wanted:
                 worker = self.workers.get(account_id)
                 if worker is not None and worker.consumer_tag is not None:
@@ -203,6 +206,9 @@ class Supervisor:
             worker = await self._worker_for(account)
         else:
             await worker.update(account)
+        # Wanted means running in the table: a pause another replica ended is over here too
+        # (a worker left paused would put back every job it is given, round and round).
+        worker.paused = False
         worker.consuming = True
         try:
             worker.queue, worker.consumer_tag = await self._consumers.consume(
@@ -220,6 +226,15 @@ class Supervisor:
         if not self._stopping:  # stop() gives the leases back once the sends in hand are done
             self._spawn(self._release_when_idle(worker), "release lease")
         log.info("not consuming", account_id=worker.account_id)
+
+    @staticmethod
+    async def _retire(worker: AccountWorker) -> None:
+        """A deleted account's worker: its session closed once its send in hand is done."""
+        async with worker.busy:
+            await worker.close_session()
+        if worker.throttled:
+            worker.throttled = False
+            metrics.THROTTLED.dec()
 
     @staticmethod
     async def _release_when_idle(worker: AccountWorker) -> None:
@@ -241,6 +256,8 @@ class Supervisor:
         """Subscribes again what should be consumed, backing off while the broker is away."""
         if self._recovery is None or self._recovery.done():
             self._recovery = asyncio.create_task(self._recover_loop(), name="recover")
+            self._tasks.add(self._recovery)
+            self._recovery.add_done_callback(self._tasks.discard)
 
     async def _recover_loop(self) -> None:
         delay = FIRST_RECOVERY_S

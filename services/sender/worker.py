@@ -15,6 +15,7 @@ hand (prefetch 1, so the account takes no other) and is tried again after a back
 """
 
 import asyncio
+import contextlib
 import secrets
 import time
 from collections.abc import Awaitable, Callable
@@ -29,7 +30,7 @@ from pydantic import ValidationError
 
 from services.sender import ledger, metrics
 from services.sender.classify import Verdict, classify, decayed_interval_ms, next_interval_ms
-from services.sender.compose import envelope_address
+from services.sender.compose import account_address_problem, envelope_address
 from services.sender.outcome import Defer, PauseAccount, Settle, after_failure
 from services.sender.pacer import Pacer
 from services.sender.parts import SenderParts
@@ -94,6 +95,13 @@ def _channel_open(message: AbstractIncomingMessage) -> bool:
         return False
 
 
+def clean_text(text: str) -> str:
+    """A server's words as the database and JSON take them: aiosmtplib keeps bytes that are
+    not UTF-8 as surrogates, and PostgreSQL refuses NUL; a record that can never be written
+    would hold a sent mail's job for ever."""
+    return text.encode("utf-8", "replace").decode("utf-8").replace("\x00", "")
+
+
 class AccountWorker:
     def __init__(self, account: Any, parts: SenderParts, on_pause: PauseHook) -> None:
         self.account_id = str(account["id"])
@@ -107,6 +115,10 @@ class AccountWorker:
         self.pacer.interval_ms = self._effective_interval(account)
         self._recorder = Recorder(parts.pool, self.account_id, self.token, parts.database)
         self._session: SmtpSession | None = None
+        self._session_stale = False  # the account changed during a send: reopen after it
+        self._address_problem = account_address_problem(account["from_address"],
+                                                        account["reply_to"])
+        self._tasks: set[asyncio.Task] = set()
         self._connect_failures = 0
         self._successes = 0
         self._stalled = False
@@ -129,10 +141,16 @@ class AccountWorker:
         return min(max(configured, throttled), self._parts.settings.max_interval_ms)
 
     async def update(self, account: Any) -> None:
-        """New settings: the next send opens a session with them."""
+        """New settings: the next send opens a session with them (a session in use is
+        closed after its send, never under it)."""
         self.account = account
         self.pacer.interval_ms = self._effective_interval(account)
-        await self.close_session()
+        self._address_problem = account_address_problem(account["from_address"],
+                                                        account["reply_to"])
+        if self.busy.locked():
+            self._session_stale = True
+        else:
+            await self.close_session()
 
     async def close_session(self) -> None:
         if self._session is not None:
@@ -145,8 +163,11 @@ class AccountWorker:
             async with self.busy:
                 await self.close_session()
 
-    def _session_for_send(self) -> SmtpSession:
+    async def _session_for_send(self) -> SmtpSession:
         """Raises UndecryptableSecret when the account's password cannot be read."""
+        if self._session_stale:
+            self._session_stale = False
+            await self.close_session()
         if self._session is None:
             self._session = SmtpSession(
                 smtp_endpoint(self.account, self._parts.box), ssl_context=self._parts.ssl_context,
@@ -157,21 +178,32 @@ class AccountWorker:
     # -- the edge -------------------------------------------------------------------------
 
     async def on_message(self, message: AbstractIncomingMessage) -> None:
+        # The job runs in a task of its own: a channel that closes cancels its consumers'
+        # callbacks, and a send cancelled between its 250 and its record would be sent again.
+        task = asyncio.create_task(self._take(message))
+        self._tasks.add(task)
+        task.add_done_callback(self._tasks.discard)
+        await asyncio.shield(task)
+
+    async def _take(self, message: AbstractIncomingMessage) -> None:
         async with self.busy:
             structlog.contextvars.clear_contextvars()
             structlog.contextvars.bind_contextvars(account_id=self.account_id)
             arrived = time.monotonic()
             delay = FIRST_JOB_RETRY_S
+            disposition: Disposition | None = None
             try:
                 while True:
-                    if self.paused or not self.consuming:
+                    if disposition is None and (self.paused or not self.consuming):
                         # Delivered before our cancel reached the broker: back to the head.
-                        if _channel_open(message):
+                        with contextlib.suppress(Exception):
                             await message.nack(requeue=True)
                         return
                     try:
-                        await self._carry_out(message, await self._process(message.body,
-                                                                           arrived))
+                        if disposition is None:
+                            disposition = await self._process(message.body, arrived)
+                        # Once decided, only the message's fate is retried, not the send.
+                        await self._carry_out(message, disposition)
                         return
                     except Exception:
                         if not _channel_open(message):
@@ -182,7 +214,8 @@ class AccountWorker:
                         metrics.JOB_RETRIES.labels(self.account_id).inc()
                         log.exception("job failed for a reason not the recipient's; it stays "
                                       "in hand and is tried again", retry_in_s=delay)
-                        await self._drop_session()
+                        if disposition is None:
+                            await self._drop_session()
                         await asyncio.sleep(delay)
                         delay = min(delay * 2, MAX_JOB_RETRY_S)
             finally:
@@ -246,6 +279,9 @@ class AccountWorker:
             log.error("a job of another account on this account's queue: sent back to its own",
                       job_account_id=job.account_id)
             return ToQueue(job.account_id)
+        if self._address_problem is not None:
+            await self._pause("account", None, self._address_problem)
+            return ToQueue(self.account_id)
         try:
             composer, metadata = await self._parts.composers.get(job.delivery_id, self.account)
             mail = composer.compose(email=job.email, name=job.name, vars=job.vars)
@@ -260,7 +296,7 @@ class AccountWorker:
                                None, touched_server=False, stage="data", permanent=True)
             return Ack()
         try:
-            session = self._session_for_send()
+            session = await self._session_for_send()
         except UndecryptableSecret as error:
             await self._pause("secret", None, str(error))
             return ToQueue(self.account_id)
@@ -330,6 +366,7 @@ class AccountWorker:
                       verdict: Verdict) -> Disposition:
         log.info("smtp failure", stage=error.stage, smtp_code=error.code, kind=verdict.kind,
                  smtp_message=error.text)
+        words = clean_text(error.text)
         settings = self._parts.settings
         action = after_failure(
             verdict, error.text, attempt=row["attempts"] + 1,
@@ -340,7 +377,7 @@ class AccountWorker:
             # Not one recipient is failed for the account's fault.
             self.pacer.forget()
             await self._recorder.release_lease(touched_server=True)
-            await self._pause(action.reason, error.code, error.text, error.stage)
+            await self._pause(action.reason, error.code, words, error.stage)
             return ToQueue(self.account_id)
         if action.throttled:
             await self._slow_down(error, verdict)
@@ -354,15 +391,15 @@ class AccountWorker:
         event = MailDeferred(
             event_id=stable_event_id(job.job_id, "deferred", attempts),
             delivery_id=job.delivery_id, metadata=metadata, account_id=self.account_id,
-            recipient=job.email, smtp_code=error.code, smtp_message=error.text,
+            recipient=job.email, smtp_code=error.code, smtp_message=words,
             attempts=attempts, retry_at=datetime.now(UTC) + timedelta(seconds=action.delay_s))
-        await self._record(job, "deferred", error.code, error.text, None, touched_server=True,
+        await self._record(job, "deferred", error.code, words, None, touched_server=True,
                            event=event)
         metrics.OUTCOMES.labels(self.account_id, "deferred").inc()
         if action.connect_failure:
             self._connect_failures += 1
             if self._connect_failures >= settings.connect_failures_to_pause:
-                await self._pause("connect", error.code, error.text, error.stage)
+                await self._pause("connect", error.code, words, error.stage)
         return ToRetry(action.delay_s)
 
     async def _settle(self, job: SendJob, metadata: dict, state: str, code: int | None,
@@ -370,6 +407,7 @@ class AccountWorker:
                       stage: str = "data", permanent: bool = True,
                       unknown: bool = False) -> None:
         event: Event  # attempts is filled in by the ledger, which counts them
+        text = clean_text(text)
         if state == "sent":
             event = MailSent(
                 event_id=stable_event_id(job.job_id, "sent"), delivery_id=job.delivery_id,
@@ -414,14 +452,17 @@ class AccountWorker:
             self.interval_ms, configured, verdict.retry_after_s,
             self._parts.settings.max_interval_ms)
         self._successes = 0
-        await ledger.set_interval(self._parts.pool, self.account_id, self.interval_ms)
         if not self.throttled:
             self.throttled = True
             metrics.THROTTLED.inc()
-        await self._parts.events.publish(AccountThrottled(
-            account_id=self.account_id, smtp_code=error.code, smtp_message=error.text,
-            interval_ms=self.interval_ms))
         log.warning("account throttled by its provider", interval_ms=self.interval_ms)
+        try:  # the slower pace holds here at once; storing and announcing it may lag
+            await ledger.set_interval(self._parts.pool, self.account_id, self.interval_ms)
+            await self._parts.events.publish(AccountThrottled(
+                account_id=self.account_id, smtp_code=error.code,
+                smtp_message=clean_text(error.text), interval_ms=self.interval_ms))
+        except Exception:
+            log.exception("storing or announcing the slower pace failed")
 
     async def _after_success(self) -> None:
         configured = self.account["send_interval_ms"]
