@@ -3,13 +3,16 @@ SHELL := /bin/bash
 PY := .venv/bin/python
 export UV_PYTHON_DOWNLOADS := never
 
-.PHONY: run test venv lint format schemas bench demo stack-up stack-down clean
+.PHONY: run test faults venv lint format schemas bench demo stack-up stack-down clean
 
 run: venv                       ## the whole stack with a mail catcher, in the foreground
 	$(PY) -m deploy.local.run
 
 test: venv lint                 ## set-up plus the whole test suite on a private stack
 	deploy/local/test.sh $(PYTEST_ARGS)
+
+faults: venv                   ## the long fault suite (10,000 recipients); `make test` runs the short one
+	$(PY) -m tests.faults.suite --long
 
 venv: .venv/.synced
 .venv/.synced: pyproject.toml uv.lock

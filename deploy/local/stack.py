@@ -4,6 +4,7 @@
     stack.py up --dir DIR [--ports default|free]
     stack.py down --dir DIR
     stack.py restart-rabbitmq --dir DIR
+    stack.py restart-postgres --dir DIR
     stack.py status --dir DIR
 
 Standard library only: it runs with the system python3 before any virtualenv exists. Both
@@ -495,6 +496,13 @@ def cmd_restart_rabbitmq(stack):
     wait_rabbit_ready(stack)
 
 
+def cmd_restart_postgres(stack):
+    if not stack.ports:
+        raise StackError(f"no stack in {stack.dir}: run `up` first")
+    stop_postgres(stack)  # fast: every client's connection is dropped, as a fail-over does
+    start_postgres(stack)
+
+
 def cmd_status(stack):
     rabbit = bool(stack.ports) and amqp_answers(stack.ports["amqp"])
     postgres = bool(stack.ports and pg_bin()) and pg_answers(stack.ports["postgres"])
@@ -505,7 +513,8 @@ def cmd_status(stack):
 
 def main():
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    parser.add_argument("command", choices=("up", "down", "restart-rabbitmq", "status"))
+    parser.add_argument("command",
+                        choices=("up", "down", "restart-rabbitmq", "restart-postgres", "status"))
     parser.add_argument("--dir", required=True, help="folder holding the stack's data")
     parser.add_argument("--ports", choices=("default", "free"), default="default")
     args = parser.parse_args()
@@ -522,6 +531,8 @@ def main():
             cmd_down(stack)
         elif args.command == "restart-rabbitmq":
             cmd_restart_rabbitmq(stack)
+        elif args.command == "restart-postgres":
+            cmd_restart_postgres(stack)
         else:
             return cmd_status(stack)
     except StackError as exc:

@@ -9,6 +9,7 @@ broker cancelled) is reported through `on_lost`, and the supervisor subscribes a
 should be consumed.
 """
 
+import asyncio
 import contextlib
 from collections.abc import Awaitable, Callable
 from dataclasses import dataclass, field
@@ -45,11 +46,18 @@ class ConsumerChannels:
 
     @property
     def is_open(self) -> bool:
-        return self._connection is not None and not self._connection.is_closed
+        # A connection the broker closed is not `is_closed` (that is only for close()).
+        connection = self._connection
+        return (connection is not None and not connection.is_closed
+                and connection.connected.is_set())
 
     async def consume(self, account_id: str,
                       on_message: Callable[[Any], Awaitable[None]]) -> tuple[AbstractQueue, str]:
-        slot = await self._slot_with_room()
+        try:
+            slot = await self._slot_with_room()
+        except Exception:
+            self._forget_connection()
+            raise
         try:
             queue = await self._topology.declare_account_queue(slot.channel, account_id)
             tag = await queue.consume(on_message)
@@ -66,6 +74,13 @@ class ConsumerChannels:
             slot.tags.pop(tag, None)
         with contextlib.suppress(Exception):  # a closed channel has no consumer anyway
             await queue.cancel(tag)
+
+    def _forget_connection(self) -> None:
+        """A connection that cannot open a channel is given up; the next try connects anew."""
+        connection, self._connection, self._slots = self._connection, None, []
+        if connection is not None and not connection.is_closed:
+            task = asyncio.ensure_future(connection.close())
+            task.add_done_callback(lambda t: t.cancelled() or t.exception())
 
     async def close(self) -> None:
         self._closing = True
@@ -108,6 +123,7 @@ class ConsumerChannels:
             return
         lost = [account for slot in self._slots for account in slot.tags.values()]
         self._slots = []
+        self._connection = None  # the next subscription connects again
         if not self._closing:
             log.warning("consumers' connection lost", error=str(error), consumers=len(lost))
             self._on_lost(lost, "connection lost")

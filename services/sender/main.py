@@ -2,6 +2,7 @@
 
 import asyncio
 import gc
+from datetime import timedelta
 from pathlib import Path
 
 import structlog
@@ -10,6 +11,7 @@ from services.sender.parts import Composers, SenderParts
 from services.sender.recorder import DatabaseHealth
 from services.sender.settings import SenderSettings
 from services.sender.supervisor import Supervisor
+from services.sender.sweep import sweep_forever
 from shared.crypto import SecretBox
 from shared.db import create_stateless_pool
 from shared.http import Health, HttpServer, health_app
@@ -58,6 +60,9 @@ async def serve(settings: SenderSettings) -> None:
         server = HttpServer(health_app(health), settings.http_host, settings.http_port)
         stop = stop_on_signals()
         relay_task = asyncio.create_task(relay.run(), name="outbox")
+        sweep = asyncio.create_task(sweep_forever(
+            pool, settings.sweep_s, timedelta(seconds=settings.sweep_grace_s), relay.wake),
+            name="sweep")
         await server.start()
         await supervisor.start()
         # What exists now lives as long as the process: keep the collector's full passes
@@ -70,6 +75,7 @@ async def serve(settings: SenderSettings) -> None:
         log.info("sender ready", replica=settings.replica_id,
                  accounts=len(supervisor.workers))
         await stop.wait()
+        sweep.cancel()
         await supervisor.stop(settings.shutdown_grace_s)
         relay.stop()
         await relay_task

@@ -38,3 +38,5 @@ MISROUTED = Counter("mail_sender_misrouted_jobs_total",
 CONSUMERS_LOST = Counter("mail_sender_consumers_lost_total",
                          "Account consumers lost (connection, channel, cancelled by the broker) "
                          "and subscribed again.", ["why"])
+SWEPT = Counter("mail_sender_swept_total",
+                "Recipients of deleted accounts settled as failed by the sweep.")

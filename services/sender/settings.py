@@ -70,6 +70,12 @@ class SenderSettings(ServiceSettings):
     reconcile_s: float = Field(
         30.0, gt=0, description="How often consumers are checked against the accounts table."
     )
+    sweep_s: float = Field(
+        300.0, gt=0, description="How often recipients of deleted accounts are settled."
+    )
+    sweep_grace_s: float = Field(
+        60.0, ge=0, description="A deleted account's recipients are swept this long after."
+    )
     consumers_per_channel: int = Field(
         100, ge=1, le=1000, description="Account consumers sharing one AMQP channel."
     )

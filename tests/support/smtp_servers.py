@@ -80,6 +80,7 @@ class SmtpTestServer(Observable):
     hide_starttls: bool = False
     refuse_recipients: frozenset[str] = frozenset()
     drop_after_data: bool = False
+    drop_after_data_every: int = 0  # every N-th message only (N > 0)
     data_delay_s: float = 0.0  # a slow provider: the reply to the data comes this much later
     # Awaited after a message was taken, before its 250: a fault injected in the accepted
     # window (the database's connections dropped, say).
@@ -256,7 +257,8 @@ class _Handler:
             ended_at=time.monotonic(),
         ))
         server.changed()
-        if server.drop_after_data:
+        every = server.drop_after_data_every
+        if server.drop_after_data or (every and len(server.messages) % every == 0):
             # Took the message, then vanish without a reply: the client cannot know.
             assert smtp.transport is not None
             smtp.transport.abort()
