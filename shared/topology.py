@@ -11,6 +11,8 @@ from dataclasses import dataclass
 from typing import Any
 
 import aio_pika
+import aiormq
+import structlog
 from aio_pika.abc import (
     AbstractChannel,
     AbstractConnection,
@@ -23,6 +25,7 @@ from pydantic import BaseModel
 from shared.messages import Event
 
 JSON = "application/json"
+log = structlog.get_logger(__name__)
 
 
 def delay_label(seconds: int) -> str:
@@ -73,6 +76,24 @@ class Topology:
         """Both the exchange and the queue of one retry tier."""
         return f"{self.prefix}.retry.{delay_label(delay_s)}"
 
+    @property
+    def retry_back_exchange(self) -> str:
+        """Where a retry goes back to its account's queue when its delay ends: each account
+        queue is bound to it too, and what it cannot route (the account's queue is gone) goes
+        to `mail.dead` (its alternate exchange) instead of waiting in the retry queue."""
+        return f"{self.prefix}.retry.back"
+
+    def retry_queue_arguments(self, delay_s: int) -> dict[str, Any]:
+        return {
+            # Quorum: replicated, and its dead-lettering back to the account can be
+            # at-least-once (a classic queue's is at most once: a job could vanish).
+            "x-queue-type": "quorum",
+            "x-message-ttl": delay_s * 1000,
+            "x-dead-letter-exchange": self.retry_back_exchange,
+            "x-dead-letter-strategy": "at-least-once",
+            "x-overflow": "reject-publish",  # what at-least-once dead-lettering needs
+        }
+
     def account_queue_arguments(self) -> dict[str, Any]:
         return {
             "x-queue-type": "quorum",
@@ -106,16 +127,18 @@ class Topology:
         )
         await requests.bind(self.requests_exchange, routing_key="delivery.request")
 
+        await channel.declare_exchange(
+            self.retry_back_exchange, ExchangeType.DIRECT, durable=True,
+            arguments={"alternate-exchange": dead.name})
         for delay in self.retry_delays_s:
             name = self.retry_name(delay)
             exchange = await channel.declare_exchange(name, ExchangeType.FANOUT, durable=True)
             # Dead-lettering keeps the routing key (the account id), so an expired message
-            # lands back in its account's queue through `mail.send`.
+            # lands back in its account's queue through `mail.retry.back`.
+            await _replace_classic_retry_queue(channel, name, self.retry_queue_arguments(delay),
+                                               send.name, dead.name)
             queue = await channel.declare_queue(
-                name,
-                durable=True,
-                arguments={"x-message-ttl": delay * 1000, "x-dead-letter-exchange": send.name},
-            )
+                name, durable=True, arguments=self.retry_queue_arguments(delay))
             await queue.bind(exchange, routing_key="")
 
     async def account_queue_depth(self, channel: AbstractChannel, account_id: str) -> int:
@@ -126,7 +149,8 @@ class Topology:
         name = self.account_queue(account_id)
         answer = await underlay.queue_declare(
             name, durable=True, arguments=self.account_queue_arguments())
-        await underlay.queue_bind(name, self.send_exchange, routing_key=account_id)
+        for exchange in (self.send_exchange, self.retry_back_exchange):
+            await underlay.queue_bind(name, exchange, routing_key=account_id)
         return answer.message_count or 0
 
     async def declare_account_queue(
@@ -136,7 +160,50 @@ class Topology:
             self.account_queue(account_id), durable=True, arguments=self.account_queue_arguments()
         )
         await queue.bind(self.send_exchange, routing_key=account_id)
+        await queue.bind(self.retry_back_exchange, routing_key=account_id)
         return queue
+
+
+async def _replace_classic_retry_queue(channel: AbstractChannel, name: str,
+                                       arguments: dict[str, Any], send_exchange: str,
+                                       dead_exchange: str) -> None:
+    """A deployment of an earlier version has its retry queues as classic queues, which a
+    declare as quorum refuses (PRECONDITION_FAILED). Their jobs go back to their accounts'
+    queues now (retried early, never lost: each is acked after the broker confirmed its
+    copy), then the old queue is deleted, so that the caller declares it anew."""
+    connection = (await channel.get_underlay_channel()).connection
+    probe = await connection.channel()
+    try:
+        await probe.queue_declare(name, durable=True, arguments=arguments)
+        return  # already what it should be, or new
+    except aiormq.exceptions.ChannelPreconditionFailed:
+        pass
+    finally:
+        if not probe.is_closed:
+            await probe.close()
+    mover = await connection.channel(publisher_confirms=True, on_return_raises=True)
+    moved = 0
+    try:
+        while True:
+            message = await mover.basic_get(name, no_ack=False)
+            if not isinstance(message.delivery, aiormq.spec.Basic.GetOk):
+                break
+            try:
+                await mover.basic_publish(message.body, exchange=send_exchange,
+                                          routing_key=message.routing_key or "",
+                                          properties=message.header.properties, mandatory=True)
+            except aiormq.exceptions.PublishError:  # its account's queue is gone
+                await mover.basic_publish(message.body, exchange=dead_exchange,
+                                          routing_key=message.routing_key or "",
+                                          properties=message.header.properties)
+            await mover.basic_ack(message.delivery.delivery_tag)
+            moved += 1
+        await mover.queue_delete(name, if_unused=False, if_empty=False)
+    finally:
+        if not mover.is_closed:
+            await mover.close()
+    log.warning("classic retry queue replaced by a quorum queue", queue=name,
+                jobs_sent_back_early=moved)
 
 
 async def open_confirmed_channel(connection: AbstractConnection) -> AbstractChannel:

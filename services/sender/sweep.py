@@ -1,9 +1,9 @@
 """Recipients whose job can no longer exist, settled with their events.
 
 An account deleted with jobs still waiting (a forced delete moves its queue to `mail.dead`;
-a retry coming back finds no queue and is dropped by the broker; a request that was being
-fanned out is never finished) leaves recipients `new`, `queued` or `deferred` that nothing
-will ever send. Every few minutes one sender (a transaction-level advisory lock: it holds
+a retry coming back finds no queue and goes to `mail.dead`; a request that was being fanned
+out is never finished) leaves recipients `new`, `queued` or `deferred` that nothing will
+ever send. Every few minutes one sender (a transaction-level advisory lock: it holds
 behind a pooler too) settles them as `failed`, each with its `mail.failed`, and
 `delivery.completed` when that completes the delivery, through the same outcome record as a
 send. A grace after the delete lets a send in hand finish first.

@@ -11,6 +11,7 @@ from aio_pika.exceptions import DeliveryError
 from yarl import URL
 
 from shared.topology import Topology, make_message, open_confirmed_channel, publish, publish_many
+from tests.conftest import eventually
 from tests.integration.amqp_helpers import receive
 
 ROOT = Path(__file__).resolve().parents[2]
@@ -151,3 +152,60 @@ async def test_a_persistent_message_survives_a_restart_of_the_broker(
     assert message.body == b'{"keep": true}'
     assert message.message_id == "keep-1"
     await connection.close()
+
+
+async def test_a_retry_goes_back_to_its_account_and_one_whose_queue_is_gone_to_mail_dead(
+    amqp: AbstractRobustConnection, unique: str, management: httpx.AsyncClient, amqp_url: str,
+) -> None:
+    topology = Topology(prefix=unique, retry_delays_s=(1,))
+    channel = await open_confirmed_channel(amqp)
+    await topology.declare(channel)
+    retry_queue = await queue_info(management, amqp_url, topology.retry_name(1))
+    assert retry_queue["type"] == "quorum"
+    assert retry_queue["arguments"]["x-dead-letter-strategy"] == "at-least-once"
+    account = await topology.declare_account_queue(channel, "acc-live")
+    retry = await channel.get_exchange(topology.retry_name(1))
+    await publish(retry, "acc-live", make_message(b"{}", message_id="back"))
+    await publish(retry, "acc-gone", make_message(b"{}", message_id="orphan"))
+
+    [back] = await receive(account, timeout=15)
+    dead = await channel.get_queue(topology.dead_queue)
+    [orphan] = await receive(dead, timeout=15)
+    assert (back.message_id, orphan.message_id) == ("back", "orphan")
+    # Nothing waits in the retry queue to be dead-lettered again and again.
+    async def retry_queue_stats() -> dict:
+        info = await queue_info(management, amqp_url, topology.retry_name(1))
+        return info if "messages" in info else {}
+
+    stats = await eventually(retry_queue_stats, timeout=30, interval=0.5)
+    assert stats["messages"] == 0 and stats.get("messages_dlx", 0) == 0
+    await channel.close()
+
+
+async def test_an_earlier_classic_retry_queue_is_replaced_and_its_jobs_sent_back(
+    amqp: AbstractRobustConnection, unique: str, management: httpx.AsyncClient, amqp_url: str,
+) -> None:
+    topology = Topology(prefix=unique, retry_delays_s=(60,))
+    channel = await open_confirmed_channel(amqp)
+    await topology.declare(channel)
+    account = await topology.declare_account_queue(channel, "acc-live")
+    name = topology.retry_name(60)
+    old = await amqp.channel()
+    await old.queue_delete(name)
+    # As the first version declared it: classic, dead-lettering back through `mail.send`.
+    classic = await old.declare_queue(name, durable=True, arguments={
+        "x-message-ttl": 60_000, "x-dead-letter-exchange": topology.send_exchange})
+    await classic.bind(name, routing_key="")
+    retry = await channel.get_exchange(name)
+    for key, message_id in (("acc-live", "waiting"), ("acc-gone", "orphan")):
+        await publish(retry, key, make_message(b"{}", message_id=message_id))
+    await old.close()
+
+    await topology.declare(channel)  # a service of this version starting
+
+    info = await queue_info(management, amqp_url, name)
+    assert info["type"] == "quorum"
+    [waiting] = await receive(account)
+    [orphan] = await receive(await channel.get_queue(topology.dead_queue))
+    assert (waiting.message_id, orphan.message_id) == ("waiting", "orphan")
+    await channel.close()
