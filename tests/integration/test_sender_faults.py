@@ -8,6 +8,7 @@ import asyncio
 import collections
 import itertools
 import uuid
+from datetime import timedelta
 from typing import Any
 
 import aio_pika
@@ -15,7 +16,7 @@ import asyncpg
 
 from services.config_svc.queues import AccountQueues
 from services.config_svc.repository import to_public
-from services.sender import metrics
+from services.sender import ledger, metrics
 from shared.crypto import SecretBox
 from shared.messages import AccountDeleted, AccountUpdated, SendJob
 from shared.topology import EventPublisher, make_message, publish
@@ -334,3 +335,38 @@ async def test_a_burst_of_deletes_with_two_replicas_sends_nothing_through_a_wron
 async def delivered(server: Any, body: dict) -> bool:
     wanted = {r["email"] for r in body["recipients"]}
     return wanted <= {m.rcpt_tos[0] for m in server.messages}
+
+
+async def test_every_transaction_that_reached_the_server_moves_last_end_whoever_holds_the_lease(
+    start_sender: Any,
+) -> None:
+    """A record after the lease passed to another worker (a send that outlasted it, a record
+    retried for long) still stores the end of its transaction, and never moves it back."""
+    stack = await start_sender()
+    await stack.stop()
+    pool = stack.dispatcher.pool
+    body = request_body(account_id=stack.account_id)
+    await stack.dispatcher.publish_request(body)
+    await eventually(lambda: pool.fetchval(
+        "SELECT count(*) = 2 FROM delivery_recipients WHERE delivery_id = $1 "
+        "AND state = 'queued'", body["delivery_id"]))
+    account = stack.account_id
+    await ledger.ensure_runtime(pool, account)
+    assert await ledger.take_lease(pool, account, "replica/other-worker", 0, 30) is not None
+    await pool.execute("UPDATE account_runtime SET last_end = now() - interval '1 hour' "
+                       "WHERE account_id = $1", account)
+
+    recorded = await ledger.record(
+        pool, delivery_id=body["delivery_id"], index=0, state="sent", code=250, message="ok",
+        message_id="<m@x>", account_id=account, owner="replica/late-worker",
+        touched_server=True, hold=timedelta(seconds=5))
+    row = await pool.fetchrow("SELECT last_end > now() - interval '1 minute' AS moved, "
+                              "lease_owner FROM account_runtime WHERE account_id = $1", account)
+    assert recorded.applied and not recorded.lease_kept
+    assert row["moved"] and row["lease_owner"] == "replica/other-worker"  # not taken over
+
+    future = await pool.fetchval("UPDATE account_runtime SET last_end = now() + interval "
+                                 "'1 minute' WHERE account_id = $1 RETURNING last_end", account)
+    await ledger.mark_end(pool, account)  # a withdrawn transaction
+    assert await pool.fetchval("SELECT last_end FROM account_runtime WHERE account_id = $1",
+                               account) == future  # never backwards
