@@ -187,6 +187,9 @@ class AccountPaused(Event):
     reason: str
     smtp_code: int | None = None
     smtp_message: str | None = None
+    # Contract §6, reason `quota`: when it resumes by itself, and the window, when known.
+    resumes_at: datetime | None = None
+    window: Literal["minute", "hour", "day"] | None = None
 
 
 class AccountResumed(Event):

@@ -8,8 +8,12 @@ The sender turns every `SmtpStageError` into a `Verdict` and acts on its `kind`:
   caller pauses the account after several in a row;
 - THROTTLED: the provider asks us to slow down: defer without failing and slow the account
   (`next_interval_ms`), by `retry_after_s` when the server named a wait;
-- ACCOUNT_FAULT: the account is broken (login, TLS, sender refused, no SMTP service): pause
-  it and leave the recipient queued; failing it would fail the whole queue behind it;
+- ACCOUNT_FAULT: the account is broken (login, TLS, sender refused, no SMTP service, a policy
+  or blocklisting refusal, RFC 3463 X.7.x): pause it and leave the recipient queued; failing
+  it would fail the whole queue behind it;
+- QUOTA: the provider's sending quota is used up (X.4.5, or its words: "Daily user sending
+  quota exceeded", "SubmissionQuotaExceeded", "Sending quota exceeded"): pause the account
+  until the quota is likely back, `window` when the reply names one; nobody is failed;
 - UNKNOWN: the payload was written and no reply came: the server may have accepted the mail,
   so a blind retry could send it twice.
 
@@ -42,6 +46,7 @@ class Kind(StrEnum):
     TRANSIENT = "transient"
     THROTTLED = "throttled"
     ACCOUNT_FAULT = "account_fault"
+    QUOTA = "quota"
     UNKNOWN = "unknown"
 
 
@@ -49,8 +54,9 @@ class Kind(StrEnum):
 class Verdict:
     kind: Kind
     event_stage: str  # the `stage` of mail.failed (contract §2)
-    pause_reason: str | None = None  # "auth", "tls", "sender_refused", "connect", "pop"
-    retry_after_s: float | None = None  # THROTTLED: the wait the server asked for, if any
+    pause_reason: str | None = None  # "auth", "tls", "sender_refused", "connect", "pop", ...
+    retry_after_s: float | None = None  # the wait the server asked for, if any
+    window: str | None = None  # QUOTA: "minute", "hour" or "day", when the reply says
 
 
 # SmtpSession's stages -> the contract's: the sender's stage is MAIL FROM, the recipient's RCPT.
@@ -59,9 +65,27 @@ _CONTRACT_STAGES = {
     "auth": "auth", "mail": "sender", "rcpt": "recipient", "data": "data",
 }
 
-# 421 service closing / too many connections, 450 mailbox busy, 451 local error, 452
-# insufficient storage / too many recipients, 454 temporary failure: all "later, slower".
+# 421 service closing / too many connections: the whole session, at any stage. 450 mailbox
+# busy, 451 local error, 452 insufficient storage, 454 temporary failure: "later, slower" for
+# the session when they come before any recipient (connect, EHLO, AUTH, MAIL); at RCPT and
+# DATA they concern this recipient or message (greylisting, a busy mailbox), unless the words
+# speak of a rate.
 _THROTTLE_CODES = frozenset({421, 450, 451, 452, 454})
+_SESSION_STAGES = frozenset({"resolve", "connect", "ehlo", "auth", "mail"})
+# RFC 3463 enhanced status code, at the start of the reply's text: class.subject.detail.
+_ENHANCED = re.compile(r"^\s*([245])\.(\d{1,3})\.(\d{1,3})\b")
+# The provider's own sending quota (not a recipient's full mailbox, X.2.2).
+_QUOTA_TEXT = re.compile(
+    r"quota\s*(?:exceeded|reached|exhausted)|(?:sending|submission|daily|hourly|relay)\w*"
+    r"\s+(?:\w+\s+){0,2}(?:quota|limit)|quota\w*exceeded|credits?\s+exceeded|"
+    r"sending\s+limit|limit\s+exceeded\s+for\s+(?:user|sender|account)|"
+    r"送信(?:数|通数)?の?(?:上限|制限)", re.IGNORECASE)
+_MAILBOX_FULL = re.compile(r"mailbox\s+(?:is\s+)?full|over\s+quota|mailbox\s+quota|"
+                           r"quota\s+exceeded\s+for\s+(?:the\s+)?(?:recipient|mailbox)",
+                           re.IGNORECASE)
+_WINDOWS = (("day", re.compile(r"daily|\bday\b|24\s*h|1日|日次", re.IGNORECASE)),
+            ("hour", re.compile(r"hourly|\bhour\b|時間", re.IGNORECASE)),
+            ("minute", re.compile(r"\bminute\b|per\s+min\b|1分", re.IGNORECASE)))
 
 _WAIT_UNITS = {"s": 1, "sec": 1, "secs": 1, "second": 1, "seconds": 1,
                "m": 60, "min": 60, "mins": 60, "minute": 60, "minutes": 60,
@@ -75,12 +99,17 @@ _RETRY_AFTER = re.compile(
 # "rate" only as a word ("rate limit", "rate-limited", "sending rate", "ratelimit"), never
 # inside "generated", "separate" or "accurate". "Too many hops" is a mail loop, not a limit.
 _THROTTLE_TEXT = re.compile(
-    r"too\s+many(?!\s+hops)|\brate(?:s|limit\w*)?\b|slow(?:ing)?\s+down", re.IGNORECASE)
+    r"too\s+many(?!\s+hops)|\brate(?:s|limit\w*)?\b|slow(?:ing)?\s+down|before\s+sending|"
+    r"volume", re.IGNORECASE)
 
 # A session that lacks AUTH or TLS is told so at MAIL (sometimes at RCPT): the account's fault.
 _NEEDS_TLS = re.compile(r"starttls|\btls\b|encrypt", re.IGNORECASE)
 _NEEDS_AUTH = re.compile(r"auth\w*\s+required|must\s+(?:first\s+)?auth|not\s+authenticated",
                          re.IGNORECASE)
+# The provider refuses to send as the account's From (SES, SendGrid, Microsoft's SendAs).
+_SENDER_NOT_ALLOWED = re.compile(
+    r"(?:address|identit\w*|domain)\s+(?:is\s+)?not\s+verified|verified\s+sender|"
+    r"not\s+allowed\s+to\s+send\s+as|SendAsDenied", re.IGNORECASE)
 # With the SIZE extension a server refuses a too big message at MAIL FROM: the message's fault.
 _TOO_BIG = re.compile(r"\b5\.3\.4\b|size\s+exceed|too\s+(?:big|large)", re.IGNORECASE)
 
@@ -118,10 +147,31 @@ def classify(error: SmtpStageError) -> Verdict:
             return Verdict(Kind.ACCOUNT_FAULT, "pop", pause_reason="pop")
         return Verdict(Kind.TRANSIENT, "pop", pause_reason="connect")
 
-    # A throttling reply at any stage (421 in the greeting included: "too many connections")
-    # defers and slows the account; failing the recipient would fail the rest of the queue.
-    if (code in _THROTTLE_CODES or _THROTTLE_TEXT.search(error.text)
-            or _RETRY_AFTER.search(error.text)):
+    enhanced = _ENHANCED.match(error.text)
+    subject_detail = f"{enhanced.group(2)}.{enhanced.group(3)}" if enhanced else None
+    rate_words = bool(_THROTTLE_TEXT.search(error.text))
+
+    # A recipient's full mailbox (X.2.2) is that recipient's, and may empty: later.
+    if subject_detail == "2.2" or _MAILBOX_FULL.search(error.text):
+        return Verdict(Kind.TRANSIENT, event_stage, retry_after_s=_retry_after_s(error.text))
+
+    # The provider's quota used up: not a fault of anyone's, nothing to fail; the account
+    # waits until the quota is likely back.
+    if _QUOTA_TEXT.search(error.text) or (subject_detail == "4.5" and not rate_words):
+        return Verdict(Kind.QUOTA, event_stage, pause_reason="quota",
+                       retry_after_s=_retry_after_s(error.text), window=_window(error.text))
+
+    # X.2.x in a 4xx: this recipient's mailbox is busy or receiving too fast (Gmail's 4.2.1
+    # "receiving mail at a rate"): that job later, the account at its pace.
+    if enhanced and enhanced.group(1) == "4" and enhanced.group(2) == "2" and code != 421:
+        return Verdict(Kind.TRANSIENT, event_stage, retry_after_s=_retry_after_s(error.text))
+
+    # A throttling reply for the session (421 at any stage, a 4xx before any recipient, or
+    # words of a rate) defers and slows the account; failing the recipient would fail the
+    # rest of the queue.
+    session_wide = code == 421 or (code in _THROTTLE_CODES and stage in _SESSION_STAGES)
+    if session_wide or rate_words or (stage in _SESSION_STAGES
+                                      and _RETRY_AFTER.search(error.text)):
         return Verdict(Kind.THROTTLED, event_stage, retry_after_s=_retry_after_s(error.text))
 
     if stage in ("resolve", "connect", "ehlo"):
@@ -149,6 +199,16 @@ def classify(error: SmtpStageError) -> Verdict:
         reason = "tls" if _NEEDS_TLS.search(error.text) else "auth"
         return Verdict(Kind.ACCOUNT_FAULT, event_stage, pause_reason=reason)
 
+    if is_5xx and _SENDER_NOT_ALLOWED.search(error.text):
+        return Verdict(Kind.ACCOUNT_FAULT, event_stage, pause_reason="sender_refused")
+
+    # X.7.x: security or policy (relaying denied, the sender's domain not authenticated, a
+    # blocklisting, content refused by policy). The account's provider refuses the account,
+    # not the recipient: suppressing or failing recipients for it would wipe valid addresses.
+    if is_5xx and enhanced and enhanced.group(2) == "7":
+        reason = "sender_refused" if stage == "mail" else "account"
+        return Verdict(Kind.ACCOUNT_FAULT, event_stage, pause_reason=reason)
+
     if stage == "mail":
         if code is None and error.permanent:
             # SMTPUTF8 needed but not offered: this recipient's address can never go here.
@@ -163,7 +223,13 @@ def classify(error: SmtpStageError) -> Verdict:
     # refusal; everything else (other 4xx, connection lost before the payload) is transient.
     if error.permanent or is_5xx:
         return Verdict(Kind.PERMANENT, event_stage)
-    return Verdict(Kind.TRANSIENT, event_stage)
+    # A named wait (greylisting's "try again in 300 seconds") goes on this job's retry.
+    return Verdict(Kind.TRANSIENT, event_stage, retry_after_s=_retry_after_s(error.text))
+
+
+def _window(text: str) -> str | None:
+    """The quota window the reply names ("Daily user sending quota"), if any."""
+    return next((window for window, words in _WINDOWS if words.search(text)), None)
 
 
 def _retry_after_s(text: str) -> float | None:

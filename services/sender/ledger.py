@@ -1,7 +1,7 @@
 """The sender's reads and writes: stored deliveries, the recipient rows (the ledger), pacing."""
 
 from dataclasses import dataclass
-from datetime import timedelta
+from datetime import datetime, timedelta
 from typing import Any
 
 import asyncpg
@@ -65,7 +65,7 @@ async def account(db: asyncpg.Pool, account_id: str) -> asyncpg.Record | None:
 
 async def live_accounts(db: asyncpg.Pool) -> list[asyncpg.Record]:
     return await db.fetch(
-        "SELECT a.id, a.paused, a.updated_at, r.paused_reason FROM accounts a "
+        "SELECT a.id, a.paused, a.updated_at, r.paused_reason, r.resumes_at FROM accounts a "
         "LEFT JOIN account_runtime r ON r.account_id = a.id WHERE a.deleted_at IS NULL")
 
 
@@ -151,7 +151,8 @@ async def set_interval(db: asyncpg.Pool, account_id: str, interval_ms: int | Non
 
 
 async def set_paused(db: asyncpg.Pool, account_id: str, reason: str | None,
-                     detail: str | None, event: dict[str, Any] | None = None) -> bool:
+                     detail: str | None, event: dict[str, Any] | None = None,
+                     resumes_at: datetime | None = None) -> bool:
     """The sender's own pause (None: its end), and the account's `paused` flag that operators
     see and resume through config_svc (its resume announces `account.resumed`, which the
     sender follows). `event` goes into the outbox in the same transaction, only when the
@@ -159,9 +160,11 @@ async def set_paused(db: asyncpg.Pool, account_id: str, reason: str | None,
     async with db.acquire() as connection, connection.transaction():
         changed = bool(await connection.fetchval(
             "UPDATE account_runtime SET paused_reason = $2, paused_detail = $3, "
-            "paused_at = CASE WHEN $2::text IS NULL THEN NULL ELSE now() END "
-            "WHERE account_id = $1 AND paused_reason IS DISTINCT FROM $2 RETURNING true",
-            account_id, reason, detail))
+            "paused_at = CASE WHEN $2::text IS NULL THEN NULL ELSE now() END, "
+            "resumes_at = $4 "
+            "WHERE account_id = $1 AND (paused_reason IS DISTINCT FROM $2 "
+            "OR resumes_at IS DISTINCT FROM $4) RETURNING true",
+            account_id, reason, detail, resumes_at))
         # An operator's pause outlives the sender's: only an operator's resume ends it.
         await connection.execute(
             "UPDATE accounts SET paused = CASE WHEN paused_by = 'operator' THEN true ELSE $2 END, "

@@ -31,8 +31,11 @@ class Defer:
 
 @dataclass(frozen=True)
 class PauseAccount:
-    """The account is at fault: the job goes back to its queue untouched, the account stops."""
+    """The account is at fault, or its provider's quota is used up: the job goes back to its
+    queue untouched, the account stops."""
     reason: str
+    wait_s: float | None = None  # quota: the wait the provider named
+    window: str | None = None  # quota: the window the provider named
 
 
 Action = Settle | Defer | PauseAccount
@@ -43,6 +46,8 @@ def after_failure(verdict: Verdict, text: str, *, attempt: int, age: timedelta,
     """`attempt`: this try's number (1 for the first); `age`: since the job was first queued."""
     if verdict.kind is Kind.ACCOUNT_FAULT:
         return PauseAccount(verdict.pause_reason or "account")
+    if verdict.kind is Kind.QUOTA:
+        return PauseAccount("quota", wait_s=verdict.retry_after_s, window=verdict.window)
     if verdict.kind is Kind.PERMANENT:
         return Settle("failed", verdict.event_stage, text, permanent=True)
     if verdict.kind is Kind.UNKNOWN and not retry_unknown:

@@ -9,7 +9,7 @@ until it commits. Only a crash of the process leaves this window open.
 import asyncio
 import time
 from collections.abc import Awaitable, Callable
-from datetime import timedelta
+from datetime import datetime, timedelta
 from typing import Any, TypeVar
 
 import asyncpg
@@ -93,7 +93,9 @@ class Recorder:
                       "giving the lease back", self._health)
 
     async def set_paused(self, reason: str | None, detail: str | None,
-                         event: dict[str, Any] | None) -> bool:
+                         event: dict[str, Any] | None,
+                         resumes_at: datetime | None = None) -> bool:
         return await persist(
-            lambda: ledger.set_paused(self._pool, self._account_id, reason, detail, event),
+            lambda: ledger.set_paused(self._pool, self._account_id, reason, detail, event,
+                                      resumes_at),
             "recording the account's pause", self._health)

@@ -66,6 +66,11 @@ class SenderSettings(ServiceSettings):
         3, ge=1, description="Connection failures in a row that pause an account."
     )
     probe_min_s: float = Field(60.0, gt=0, description="First probe of a paused account.")
+    quota_wait_s: float = Field(
+        600.0, gt=0,
+        description="After a provider's quota reply that names no wait, the account resumes "
+        "after this long, doubling at each reply in a row, up to a day.",
+    )
     probe_max_s: float = Field(1800.0, gt=0, description="Longest wait between probes.")
     reconcile_s: float = Field(
         30.0, gt=0, description="How often consumers are checked against the accounts table."

@@ -14,7 +14,7 @@ account's queue is never brought back.
 import asyncio
 import contextlib
 import hashlib
-from datetime import timedelta
+from datetime import UTC, datetime, timedelta
 from typing import Any
 
 import orjson
@@ -169,6 +169,8 @@ class Supervisor:
             for row in rows:  # connection pauses end by themselves once a probe succeeds
                 if row["paused_reason"] == "connect":
                     self._start_probe(str(row["id"]))
+                elif row["paused_reason"] == "quota":
+                    self._start_quota_timer(str(row["id"]), row["resumes_at"])
         if later:
             pending.update(later)
             self._spawn(self._subscribe_later(later), "standby")
@@ -318,6 +320,27 @@ class Supervisor:
     def _start_probe(self, account_id: str) -> None:
         if account_id not in self._probes and not self._stopping:
             self._probes[account_id] = asyncio.create_task(self._probe_loop(account_id))
+
+    def _start_quota_timer(self, account_id: str, resumes_at: Any) -> None:
+        if account_id not in self._probes and not self._stopping:
+            self._probes[account_id] = asyncio.create_task(
+                self._resume_at(account_id, resumes_at))
+
+    async def _resume_at(self, account_id: str, resumes_at: Any) -> None:
+        """A quota pause ends when the quota is likely back; the next send tells (another
+        quota reply pauses it again, for twice as long)."""
+        try:
+            if resumes_at is not None:
+                await asyncio.sleep(max(0.0, (resumes_at - datetime.now(UTC)).total_seconds()))
+            account = await ledger.account(self._parts.pool, account_id)
+            if account is None or account["paused_reason"] != "quota":
+                return
+            worker = await self._worker_for(account)
+            await worker.resume()
+            log.info("quota pause over", account_id=account_id)
+            await self.reconcile(only=account_id)
+        finally:
+            self._probes.pop(account_id, None)
 
     def _stop_probe(self, account_id: str) -> None:
         task = self._probes.pop(account_id, None)

@@ -57,6 +57,7 @@ log = structlog.get_logger(__name__)
 PauseHook = Callable[["AccountWorker"], Awaitable[None]]
 FIRST_JOB_RETRY_S = 0.5
 MAX_JOB_RETRY_S = 30.0
+QUOTA_WINDOWS_S = {"minute": 60, "hour": 3600, "day": 86400}
 
 
 # -- what the edge does with the message at the end ---------------------------------------
@@ -121,6 +122,7 @@ class AccountWorker:
         self._tasks: set[asyncio.Task] = set()
         self._connect_failures = 0
         self._successes = 0
+        self._quota_replies = 0  # in a row: each doubles the wait before trying again
         self._stalled = False
         self.throttled = False
         self.paused = False  # by this worker; it takes no message until resumed
@@ -333,6 +335,7 @@ class AccountWorker:
             check.cancel()  # only when something else failed first: nothing waits for it
             metrics.SEND_SECONDS.observe(time.perf_counter() - started)
         self._connect_failures = 0
+        self._quota_replies = 0
         await self._settle(job, metadata, "sent", code, text, mail.message_id,
                            touched_server=True)
         await self._after_success()
@@ -374,10 +377,15 @@ class AccountWorker:
             max_age=timedelta(seconds=settings.retry_max_age_s),
             retry_unknown=settings.retry_unknown, tiers=self._parts.topology.retry_delays_s)
         if isinstance(action, PauseAccount):
-            # Not one recipient is failed for the account's fault.
+            # Not one recipient is failed for the account's fault or its provider's quota.
             self.pacer.forget()
             await self._recorder.release_lease(touched_server=True)
-            await self._pause(action.reason, error.code, words, error.stage)
+            resumes_at = None
+            if action.reason == "quota":
+                resumes_at = datetime.now(UTC) + timedelta(seconds=self._quota_wait_s(action))
+                self._quota_replies += 1
+            await self._pause(action.reason, error.code, words, error.stage,
+                              resumes_at=resumes_at, window=action.window)
             return ToQueue(self.account_id)
         if action.throttled:
             await self._slow_down(error, verdict)
@@ -401,6 +409,14 @@ class AccountWorker:
             if self._connect_failures >= settings.connect_failures_to_pause:
                 await self._pause("connect", error.code, words, error.stage)
         return ToRetry(action.delay_s)
+
+    def _quota_wait_s(self, action: PauseAccount) -> float:
+        """The wait the provider named; else a wait that doubles at each quota reply in a
+        row, up to the window it named (a day when it named none)."""
+        if action.wait_s:
+            return action.wait_s
+        longest = QUOTA_WINDOWS_S.get(action.window or "day", 86400)
+        return min(self._parts.settings.quota_wait_s * 2 ** self._quota_replies, longest)
 
     async def _settle(self, job: SendJob, metadata: dict, state: str, code: int | None,
                       text: str, message_id: str | None, *, touched_server: bool,
@@ -487,14 +503,17 @@ class AccountWorker:
     # -- a broken account -----------------------------------------------------------------
 
     async def _pause(self, reason: str, code: int | None, text: str,
-                     stage: str | None = None) -> None:
+                     stage: str | None = None, *, resumes_at: datetime | None = None,
+                     window: str | None = None) -> None:
         """Stops the account: the pause is stored first (retried until it is, its event in
-        the outbox beside it), then the consumer is cancelled; only an account change, an
-        operator or a successful probe ends it."""
+        the outbox beside it), then the consumer is cancelled; an account change, an
+        operator, a successful probe or, for a quota, `resumes_at` ends it."""
         detail = f"{stage}: {code or ''} {text}".strip() if stage else text
         event = AccountPaused(account_id=self.account_id, reason=reason, smtp_code=code,
-                              smtp_message=text)
-        await self._recorder.set_paused(reason, detail, event.model_dump(mode="json"))
+                              smtp_message=text, resumes_at=resumes_at,
+                              window=window)  # type: ignore[arg-type]
+        await self._recorder.set_paused(reason, detail, event.model_dump(mode="json"),
+                                        resumes_at)
         self._parts.wake_events()
         self.paused = True
         await self.close_session()

@@ -81,6 +81,10 @@ class SmtpTestServer(Observable):
     refuse_recipients: frozenset[str] = frozenset()
     drop_after_data: bool = False
     drop_after_data_every: int = 0  # every N-th message only (N > 0)
+    # A provider whose quota is used up: its next `refusals` transactions get `reply` at
+    # `stage` ("mail", "rcpt" or "data"), then it takes mail again.
+    refusal: tuple[str, str] | None = None
+    refusals: int = 0
     data_delay_s: float = 0.0  # a slow provider: the reply to the data comes this much later
     # Awaited after a message was taken, before its 250: a fault injected in the accepted
     # window (the database's connections dropped, say).
@@ -217,9 +221,19 @@ class _Handler:
             hidden.add("AUTH")
         return [r for r in responses if r[4:].split(" ")[0].upper() not in hidden]
 
+    def _refused(self, stage: str) -> str | None:
+        server = self.test_server
+        if server.refusal is not None and server.refusal[0] == stage and server.refusals > 0:
+            server.refusals -= 1
+            server.changed()
+            return server.refusal[1]
+        return None
+
     async def handle_MAIL(self, _smtp: SMTP, _session: Session, envelope: Envelope,
                           address: str, mail_options: list[str]) -> str:
         server = self.test_server
+        if (refused := self._refused("mail")) is not None:
+            return refused
         now = time.monotonic()
         if server.rate_limit is not None:
             limit, window = server.rate_limit
@@ -238,6 +252,8 @@ class _Handler:
                           address: str, rcpt_options: list[str]) -> str:
         if address in self.test_server.refuse_recipients:
             return USER_UNKNOWN
+        if (refused := self._refused("rcpt")) is not None:
+            return refused
         envelope.rcpt_tos.append(address)
         envelope.rcpt_options.extend(rcpt_options)
         return "250 OK"
@@ -246,6 +262,8 @@ class _Handler:
                           envelope: Envelope) -> str:
         assert isinstance(smtp, _RecordingSMTP)
         server = self.test_server
+        if (refused := self._refused("data")) is not None:
+            return refused
         if server.before_reply is not None:
             await server.before_reply(list(envelope.rcpt_tos))
         if server.data_delay_s:
