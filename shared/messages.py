@@ -108,6 +108,9 @@ class AccountPublic(Model):
     tls: Tls
     local_hostname: str | None
     send_interval_ms: int
+    quota_per_minute: int | None = None
+    quota_per_hour: int | None = None
+    quota_per_day: int | None = None
     is_default: bool
     paused: bool
     created_by: str

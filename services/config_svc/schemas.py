@@ -28,6 +28,7 @@ HostName = Annotated[str, AfterValidator(check_hostname)]
 Port = Annotated[int, Field(ge=1, le=65535)]
 Password = Annotated[SecretStr, Field(min_length=1, max_length=1024)]
 Interval = Annotated[int, Field(ge=0, le=MAX_INTERVAL_MS)]
+Quota = Annotated[int, Field(ge=1, le=100_000_000)]
 
 
 class Strict(BaseModel):
@@ -55,6 +56,10 @@ class AccountFields(Strict):
     tls: Tls = "starttls"
     local_hostname: HostName | None = None
     send_interval_ms: Interval = 0
+    # Contract §6: messages over a rolling window; None: no limit.
+    quota_per_minute: Quota | None = None
+    quota_per_hour: Quota | None = None
+    quota_per_day: Quota | None = None
     is_default: bool = False
 
 
@@ -79,6 +84,9 @@ class AccountPatch(Strict):
     tls: Tls | None = None
     local_hostname: HostName | None = None
     send_interval_ms: Interval | None = None
+    quota_per_minute: Quota | None = None
+    quota_per_hour: Quota | None = None
+    quota_per_day: Quota | None = None
     is_default: bool | None = None
 
 

@@ -72,6 +72,79 @@ async def live_accounts(db: asyncpg.Pool) -> list[asyncpg.Record]:
 # -- pacing -----------------------------------------------------------------------------------
 
 
+@dataclass(frozen=True)
+class Quotas:
+    """At most this many accepted messages per rolling minute, hour, day (None: no limit)."""
+    per_minute: int | None = None
+    per_hour: int | None = None
+    per_day: int | None = None
+
+    @classmethod
+    def of(cls, account: Any) -> "Quotas":
+        return cls(account["quota_per_minute"], account["quota_per_hour"],
+                   account["quota_per_day"])
+
+    def __bool__(self) -> bool:
+        return any((self.per_minute, self.per_hour, self.per_day))
+
+    def limit(self, window: str) -> int | None:
+        return {"minute": self.per_minute, "hour": self.per_hour, "day": self.per_day}[window]
+
+
+@dataclass(frozen=True)
+class QuotaFull:
+    """A window is full: no lease taken; the account may send again at `resumes_at`."""
+    window: str
+    resumes_at: datetime
+
+
+_TAKE_WITH_QUOTAS = """
+WITH windows (name, span, n) AS (
+    VALUES ('minute', interval '1 minute', $5::int), ('hour', interval '1 hour', $6::int),
+           ('day', interval '1 day', $7::int)
+), full_windows AS (
+    -- Full when it holds n sends: it frees when the n-th most recent leaves it.
+    SELECT w.name, (SELECT s.at FROM account_sends s
+                    WHERE s.account_id = $1 AND s.at > clock_timestamp() - w.span
+                    ORDER BY s.at DESC OFFSET w.n - 1 LIMIT 1) + w.span AS frees
+    FROM windows w WHERE w.n IS NOT NULL
+), blocked AS (
+    SELECT name, frees FROM full_windows WHERE frees IS NOT NULL ORDER BY frees DESC LIMIT 1
+), taken AS (
+    UPDATE account_runtime SET lease_owner = $2, lease_until = greatest(clock_timestamp(),
+        coalesce(last_end + make_interval(secs => $3 / 1000.0), clock_timestamp()))
+        + make_interval(secs => $4)
+    WHERE account_id = $1 AND (lease_owner IS NULL OR lease_owner = $2
+        OR lease_until < clock_timestamp()) AND NOT EXISTS (SELECT 1 FROM blocked)
+    RETURNING coalesce(greatest(0, extract(epoch FROM last_end
+        + make_interval(secs => $3 / 1000.0) - clock_timestamp())), 0)::float8 AS wait
+)
+SELECT (SELECT wait FROM taken) AS wait, (SELECT name FROM blocked) AS window,
+       (SELECT frees FROM blocked) AS resumes_at
+"""
+
+
+async def take_turn(db: asyncpg.Pool, account_id: str, owner: str, interval_ms: int,
+                    ttl_s: float, quotas: Quotas) -> float | QuotaFull | None:
+    """`take_lease`, and in the same statement the account's quotas: a full window gives no
+    lease but when it frees (so two replicas cannot both take the last slot: the lease's
+    holder is the only one sending, and its sends are counted at their record)."""
+    if not quotas:
+        return await take_lease(db, account_id, owner, interval_ms, ttl_s)
+    row = await db.fetchrow(_TAKE_WITH_QUOTAS, account_id, owner, interval_ms, ttl_s,
+                            quotas.per_minute, quotas.per_hour, quotas.per_day)
+    if row["window"] is not None:
+        return QuotaFull(row["window"], row["resumes_at"])
+    return row["wait"]
+
+
+async def forget_old_sends(db: asyncpg.Pool) -> int:
+    """Sends older than the longest window count for nothing any more."""
+    result = await db.execute(
+        "DELETE FROM account_sends WHERE at < clock_timestamp() - interval '1 day 1 minute'")
+    return int(result.split()[-1])
+
+
 async def take_lease(db: asyncpg.Pool, account_id: str, owner: str, interval_ms: int,
                      ttl_s: float) -> float | None:
     """Takes the account's send lease; returns the seconds to wait before sending, or None
@@ -121,14 +194,18 @@ async def mark_end(db: asyncpg.Pool, account_id: str) -> None:
 
 
 class AccountLease:
-    """One account's lease, as the pacer uses it (a fake stands in for it in unit tests)."""
+    """One account's lease and quotas, as the pacer uses them (a fake stands in for it in
+    unit tests)."""
 
     def __init__(self, db: asyncpg.Pool, account_id: str) -> None:
         self._db = db
         self._account_id = account_id
+        self.quotas = Quotas()
 
-    async def take(self, owner: str, interval_ms: int, ttl_s: float) -> float | None:
-        return await take_lease(self._db, self._account_id, owner, interval_ms, ttl_s)
+    async def take(self, owner: str, interval_ms: int,
+                   ttl_s: float) -> float | QuotaFull | None:
+        return await take_turn(self._db, self._account_id, owner, interval_ms, ttl_s,
+                               self.quotas)
 
     async def extend(self, owner: str, ttl_s: float) -> bool:
         return await extend_lease(self._db, self._account_id, owner, ttl_s)

@@ -15,7 +15,7 @@ import asyncio
 import time
 from collections.abc import Iterator
 from contextlib import contextmanager
-from typing import Protocol
+from typing import Any, Protocol
 
 import structlog
 
@@ -28,9 +28,19 @@ log = structlog.get_logger(__name__)
 LEASE_MARGIN_S = 1.0
 
 
+class QuotaReached(Exception):
+    """A quota window of the account is full: no lease was taken."""
+
+    def __init__(self, window: str, resumes_at: Any) -> None:
+        super().__init__(f"the quota per {window} is reached until {resumes_at}")
+        self.window = window
+        self.resumes_at = resumes_at
+
+
 class LeaseStore(Protocol):
-    async def take(self, owner: str, interval_ms: int, ttl_s: float) -> float | None:
-        """The seconds to wait before sending (database clock), or None: held by another."""
+    async def take(self, owner: str, interval_ms: int, ttl_s: float) -> Any:
+        """The seconds to wait before sending (database clock), None: held by another, or
+        an object with `window` and `resumes_at`: a quota window is full."""
 
     async def extend(self, owner: str, ttl_s: float) -> bool:
         """Keeps the lease `owner`'s for `ttl_s` more; False: it is not `owner`'s."""
@@ -68,6 +78,7 @@ class Pacer:
                  clock: Clock | None = None) -> None:
         self.owner = owner
         self.interval_ms = 0
+        self.counts_quotas = False  # every turn then asks the database (it counts the sends)
         self._store = store
         self._ttl_s = ttl_s
         self._clock = clock or Clock()
@@ -81,13 +92,16 @@ class Pacer:
     async def turn(self) -> None:
         """Returns when this worker holds the account's lease and the pause is over."""
         pause_end = self.ended_at + self.interval_ms / 1000
-        if self._lease_until - max(self._clock.now(), pause_end) >= LEASE_MARGIN_S:
+        if (not self.counts_quotas
+                and self._lease_until - max(self._clock.now(), pause_end) >= LEASE_MARGIN_S):
             # Still ours since our last send: no other sender has sent since.
             await self._clock.sleep_until(pause_end)
             return
         while True:
             asked = self._clock.now()
             wait_s = await self._store.take(self.owner, self.interval_ms, self._ttl_s)
+            if hasattr(wait_s, "resumes_at"):
+                raise QuotaReached(wait_s.window, wait_s.resumes_at)
             if wait_s is not None:
                 break
             # Another worker sends for this account (a consumer hand-over in progress).

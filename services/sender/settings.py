@@ -66,6 +66,11 @@ class SenderSettings(ServiceSettings):
         3, ge=1, description="Connection failures in a row that pause an account."
     )
     probe_min_s: float = Field(60.0, gt=0, description="First probe of a paused account.")
+    quota_hold_s: float = Field(
+        30.0, ge=0, le=300,
+        description="A full quota window that frees within this long is waited out with the "
+        "job in hand; a longer wait pauses the account (reason quota) until it frees.",
+    )
     quota_wait_s: float = Field(
         600.0, gt=0,
         description="After a provider's quota reply that names no wait, the account resumes "

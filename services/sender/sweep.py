@@ -71,6 +71,7 @@ async def sweep_forever(pool: asyncpg.Pool, every_s: float, grace: timedelta,
         try:
             while await sweep_once(pool, grace) == 500:
                 pass
+            await ledger.forget_old_sends(pool)
         except Exception:
             log.exception("sweep failed; it runs again later")
         else:

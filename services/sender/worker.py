@@ -32,7 +32,7 @@ from services.sender import ledger, metrics
 from services.sender.classify import Verdict, classify, decayed_interval_ms, next_interval_ms
 from services.sender.compose import account_address_problem, envelope_address
 from services.sender.outcome import Defer, PauseAccount, Settle, after_failure
-from services.sender.pacer import Pacer
+from services.sender.pacer import Pacer, QuotaReached
 from services.sender.parts import SenderParts
 from services.sender.recorder import Recorder
 from shared.accounts import smtp_endpoint
@@ -111,8 +111,9 @@ class AccountWorker:
         self._on_pause = on_pause
         # The lease is this worker's, not the replica's: two workers never send at once.
         self.token = f"{parts.settings.replica_id}/{secrets.token_hex(4)}"
-        self.pacer = Pacer(ledger.AccountLease(parts.pool, self.account_id), self.token,
-                           ttl_s=parts.settings.lease_ttl_s)
+        self._lease = ledger.AccountLease(parts.pool, self.account_id)
+        self.pacer = Pacer(self._lease, self.token, ttl_s=parts.settings.lease_ttl_s)
+        self._follow_quotas(account)
         self.pacer.interval_ms = self._effective_interval(account)
         self._recorder = Recorder(parts.pool, self.account_id, self.token, parts.database)
         self._session: SmtpSession | None = None
@@ -137,6 +138,10 @@ class AccountWorker:
 
     # -- account changes ------------------------------------------------------------------
 
+    def _follow_quotas(self, account: Any) -> None:
+        self._lease.quotas = ledger.Quotas.of(account)
+        self.pacer.counts_quotas = bool(self._lease.quotas)
+
     def _effective_interval(self, account: Any) -> int:
         configured = account["send_interval_ms"]
         throttled = account["throttled_interval_ms"] or 0
@@ -147,6 +152,7 @@ class AccountWorker:
         closed after its send, never under it)."""
         self.account = account
         self.pacer.interval_ms = self._effective_interval(account)
+        self._follow_quotas(account)
         self._address_problem = account_address_problem(account["from_address"],
                                                         account["reply_to"])
         if self.busy.locked():
@@ -303,7 +309,23 @@ class AccountWorker:
             await self._pause("secret", None, str(error))
             return ToQueue(self.account_id)
 
-        await self.pacer.turn()
+        while True:
+            try:
+                await self.pacer.turn()
+                break
+            except QuotaReached as full:
+                wait_s = (full.resumes_at - datetime.now(UTC)).total_seconds()
+                if wait_s <= self._parts.settings.quota_hold_s:
+                    # A slot frees soon (sends spread over the window): waited out in hand.
+                    await asyncio.sleep(max(0.0, wait_s))
+                    continue
+                # Not a fault: the account waits until the oldest send leaves the window (it
+                # may not hold the job that long: RabbitMQ's consumer timeout).
+                limit = self._lease.quotas.limit(full.window)
+                await self._pause("quota", None, f"quota_per_{full.window} of {limit} "
+                                  "messages reached", resumes_at=full.resumes_at,
+                                  window=full.window)
+                return ToQueue(self.account_id)
         self.pacer.observe(arrived)
         # The ledger row is read while MAIL and RCPT are on the wire; DATA waits for it.
         check = asyncio.ensure_future(
