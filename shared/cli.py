@@ -153,11 +153,15 @@ def print_accounts(statuses: list[ops_accounts.AccountStatus], out: TextIO) -> N
         state = f"paused ({s.paused_reason})" if s.paused else "running"
         pace = (f"{s.throttled_interval_ms} throttled ({s.send_interval_ms})"
                 if s.throttled_interval_ms is not None else str(s.send_interval_ms))
-        rows.append([s.id, s.name, "yes" if s.is_default else "", state, pace,
+        if s.resumes_at is not None and s.paused:
+            state += f" until {_when(s.resumes_at)}"
+        quotas = " ".join(f"{q['used']}/{q['limit']} a {window}"
+                          for window, q in s.quotas.items())
+        rows.append([s.id, s.name, "yes" if s.is_default else "", state, pace, quotas,
                      "?" if s.queue_depth is None else s.queue_depth, _when(s.last_send),
                      s.last_error or s.queue_error])
-    table(["ID", "NAME", "DEFAULT", "STATE", "PACE MS", "QUEUE", "LAST SEND", "LAST ERROR"],
-          rows, [36, 30, 7, 24, 28, 8, 20, 60], out)
+    table(["ID", "NAME", "DEFAULT", "STATE", "PACE MS", "QUOTAS", "QUEUE", "LAST SEND",
+           "LAST ERROR"], rows, [36, 30, 7, 24, 28, 40, 8, 20, 60], out)
 
 
 def print_letter(details: dict[str, Any], out: TextIO) -> None:

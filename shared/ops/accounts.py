@@ -3,7 +3,7 @@
 import contextlib
 import uuid
 from collections.abc import Sequence
-from dataclasses import asdict, dataclass
+from dataclasses import asdict, dataclass, field
 from datetime import datetime
 from typing import Any
 
@@ -44,6 +44,9 @@ class AccountStatus:
     last_send: datetime | None  # end of the account's last SMTP transaction
     queue_depth: int | None  # messages ready in its queue; None: the broker refused to say
     queue_error: str | None = None
+    # Per window with a quota: {"limit": N, "used": n} (accepted messages in the window now).
+    quotas: dict[str, dict[str, int]] = field(default_factory=dict)
+    resumes_at: datetime | None = None  # a quota pause ends then
 
     def as_json(self) -> dict[str, Any]:
         return {key: value.isoformat() if isinstance(value, datetime) else value
@@ -59,7 +62,14 @@ def check_account_id(value: str) -> str:
 
 _STATUS = """
 SELECT a.id, a.name, a.is_default, a.personal, a.paused, a.send_interval_ms,
-       r.paused_reason, r.paused_at, r.paused_detail, r.interval_ms, r.last_end
+       r.paused_reason, r.paused_at, r.paused_detail, r.interval_ms, r.last_end, r.resumes_at,
+       a.quota_per_minute, a.quota_per_hour, a.quota_per_day,
+       (SELECT count(*) FILTER (WHERE s.at > now() - interval '1 minute') AS minute
+        FROM account_sends s WHERE s.account_id = a.id AND s.at > now() - interval '1 day'),
+       (SELECT count(*) FILTER (WHERE s.at > now() - interval '1 hour') AS hour
+        FROM account_sends s WHERE s.account_id = a.id AND s.at > now() - interval '1 day'),
+       (SELECT count(*) AS day
+        FROM account_sends s WHERE s.account_id = a.id AND s.at > now() - interval '1 day')
 FROM accounts a LEFT JOIN account_runtime r ON r.account_id = a.id
 WHERE a.deleted_at IS NULL AND ($1::uuid[] IS NULL OR a.id = ANY($1::uuid[]))
 ORDER BY a.is_default DESC, a.name
@@ -104,7 +114,10 @@ async def list_accounts(pool: asyncpg.Pool, connection: AbstractConnection, topo
                 paused_reason=paused_reason, paused_at=row["paused_at"],
                 last_error=row["paused_detail"], send_interval_ms=row["send_interval_ms"],
                 throttled_interval_ms=row["interval_ms"], last_send=row["last_end"],
-                queue_depth=depth, queue_error=error,
+                queue_depth=depth, queue_error=error, resumes_at=row["resumes_at"],
+                quotas={window: {"limit": row[f"quota_per_{window}"], "used": row[window]}
+                        for window in ("minute", "hour", "day")
+                        if row[f"quota_per_{window}"] is not None},
             ))
     finally:
         if channel is not None and not channel.is_closed:

@@ -318,3 +318,28 @@ async def test_accounts_lists_an_account_with_its_state_and_queue_depth(
                                                 headers=auth())
     assert response.status_code == 204
     assert (await cli("--prefix", TOPOLOGY.prefix, "accounts", account["id"]))[0] == 1
+
+
+async def test_an_accounts_quotas_come_back_from_the_api_and_the_cli_lists_their_use(
+    accounts_api: AccountsApi, sender_schema: None,
+) -> None:
+    account = await accounts_api.create(quota_per_minute=30, quota_per_day=2000)
+    assert (account["quota_per_minute"], account["quota_per_hour"],
+            account["quota_per_day"]) == (30, None, 2000)
+    response = await accounts_api.client.patch(
+        f"/v1/accounts/{account['id']}", json={"quota_per_day": None, "quota_per_hour": 1500},
+        headers=auth())
+    assert response.status_code == 200, response.text
+    assert (response.json()["quota_per_hour"], response.json()["quota_per_day"]) == (1500, None)
+    refused = await accounts_api.client.patch(
+        f"/v1/accounts/{account['id']}", json={"quota_per_minute": 0}, headers=auth())
+    assert refused.status_code == 422
+    await accounts_api.pool.execute(
+        "INSERT INTO account_sends (account_id, at) VALUES ($1, now() - interval '10 seconds'), "
+        "($1, now() - interval '2 minutes'), ($1, now() - interval '2 hours')", account["id"])
+
+    [row] = await cli_json("--prefix", TOPOLOGY.prefix, "accounts", account["id"])
+    assert row["quotas"] == {"minute": {"limit": 30, "used": 1},
+                             "hour": {"limit": 1500, "used": 2}}
+    code, out = await cli("--prefix", TOPOLOGY.prefix, "accounts", account["id"])
+    assert code == 0 and "1/30 a minute 2/1500 a hour" in out
