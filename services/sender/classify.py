@@ -7,7 +7,8 @@ The sender turns every `SmtpStageError` into a `Verdict` and acts on its `kind`:
   `pause_reason` is set ("connect") the failure is the server's, not the recipient's, and the
   caller pauses the account after several in a row;
 - THROTTLED: the provider asks us to slow down: defer without failing and slow the account
-  (`next_interval_ms`), by `retry_after_s` when the server named a wait;
+  (`throttle.RateLearner` learns the provider's window), by `retry_after_s` when the server
+  named a wait;
 - ACCOUNT_FAULT: the account is broken (login, TLS, sender refused, no SMTP service, a policy
   or blocklisting refusal, RFC 3463 X.7.x): pause it and leave the recipient queued; failing
   it would fail the whole queue behind it;
@@ -21,7 +22,6 @@ The pacing helpers at the end compute the account's effective interval while thr
 its way back to the configured one.
 """
 
-import math
 import re
 from collections.abc import Sequence
 from dataclasses import dataclass
@@ -35,7 +35,6 @@ __all__ = [
     "classify",
     "contract_stage",
     "decayed_interval_ms",
-    "next_interval_ms",
     "retry_delay",
 ]
 
@@ -249,21 +248,6 @@ def retry_delay(attempts: int, tiers: Sequence[int]) -> int:
         raise ValueError("no retry tiers")
     index = min(max(attempts, 1), len(tiers)) - 1
     return tiers[index]
-
-
-def next_interval_ms(current_ms: int, configured_ms: int, retry_after_s: float | None,
-                     max_ms: int) -> int:
-    """The account's interval after a throttling reply.
-
-    At least double the interval in force and at least one second (doubling a few ms would
-    take many more throttled mails to matter), at least the wait the server named, at most
-    `max_ms`; never below the configured interval, which is the operator's floor even when
-    `max_ms` is lower.
-    """
-    interval = max(2 * max(current_ms, configured_ms), 1000)
-    if retry_after_s is not None and retry_after_s > 0:
-        interval = max(interval, math.ceil(retry_after_s * 1000))
-    return max(min(interval, max_ms), configured_ms)
 
 
 def decayed_interval_ms(current_ms: int, configured_ms: int, successes_in_a_row: int,

@@ -79,6 +79,7 @@ class Pacer:
         self.owner = owner
         self.interval_ms = 0
         self.counts_quotas = False  # every turn then asks the database (it counts the sends)
+        self.not_before = 0.0  # a throttling provider's window: no send before this
         self._store = store
         self._ttl_s = ttl_s
         self._clock = clock or Clock()
@@ -91,7 +92,7 @@ class Pacer:
 
     async def turn(self) -> None:
         """Returns when this worker holds the account's lease and the pause is over."""
-        pause_end = self.ended_at + self.interval_ms / 1000
+        pause_end = max(self.ended_at + self.interval_ms / 1000, self.not_before)
         if (not self.counts_quotas
                 and self._lease_until - max(self._clock.now(), pause_end) >= LEASE_MARGIN_S):
             # Still ours since our last send: no other sender has sent since.

@@ -29,12 +29,13 @@ from aio_pika.exceptions import ChannelInvalidStateError, DeliveryError
 from pydantic import ValidationError
 
 from services.sender import ledger, metrics
-from services.sender.classify import Verdict, classify, decayed_interval_ms, next_interval_ms
+from services.sender.classify import Verdict, classify, decayed_interval_ms
 from services.sender.compose import account_address_problem, envelope_address
 from services.sender.outcome import Defer, PauseAccount, Settle, after_failure
 from services.sender.pacer import Pacer, QuotaReached
 from services.sender.parts import SenderParts
 from services.sender.recorder import Recorder
+from services.sender.throttle import RateLearner
 from shared.accounts import smtp_endpoint
 from shared.crypto import UndecryptableSecret
 from shared.messages import (
@@ -124,6 +125,7 @@ class AccountWorker:
         self._connect_failures = 0
         self._successes = 0
         self._quota_replies = 0  # in a row: each doubles the wait before trying again
+        self._rate = RateLearner()  # a throttling provider's window, once it refuses
         self._stalled = False
         self.throttled = False
         self.paused = False  # by this worker; it takes no message until resumed
@@ -358,9 +360,10 @@ class AccountWorker:
             metrics.SEND_SECONDS.observe(time.perf_counter() - started)
         self._connect_failures = 0
         self._quota_replies = 0
+        accepted_at = self.pacer.ended_at
         await self._settle(job, metadata, "sent", code, text, mail.message_id,
                            touched_server=True)
-        await self._after_success()
+        await self._after_success(accepted_at)
         return Ack()
 
     async def _already_done(self, job: SendJob, row: Any) -> Disposition:
@@ -485,27 +488,40 @@ class AccountWorker:
     # -- the account's pace ---------------------------------------------------------------
 
     async def _slow_down(self, error: SmtpStageError, verdict: Verdict) -> None:
-        configured = self.account["send_interval_ms"]
-        self.pacer.interval_ms = next_interval_ms(
-            self.interval_ms, configured, verdict.retry_after_s,
-            self._parts.settings.max_interval_ms)
-        self._successes = 0
+        """The provider refused for rate: the next try waits (the wait it named, or what the
+        learner says), and the learner takes the refusal into its estimate of the provider's
+        window; the configured interval stays the floor."""
+        now = time.monotonic()
+        wait_s = self._rate.refused(now, verdict.retry_after_s)
+        self.pacer.not_before = now + wait_s
+        pace = self._rate.pace_ms
+        shown = max(pace if pace is not None else round(wait_s * 1000),
+                    self.account["send_interval_ms"])
         if not self.throttled:
             self.throttled = True
             metrics.THROTTLED.inc()
-        log.warning("account throttled by its provider", interval_ms=self.interval_ms)
+        log.warning("account throttled by its provider", wait_s=round(wait_s, 3),
+                    learnt_limit=self._rate.limit, learnt_window_s=self._rate.window_s)
         try:  # the slower pace holds here at once; storing and announcing it may lag
-            await ledger.set_interval(self._parts.pool, self.account_id, self.interval_ms)
+            await ledger.set_interval(self._parts.pool, self.account_id,
+                                      pace if pace is not None and pace > self.interval_ms
+                                      else None)
             await self._parts.events.publish(AccountThrottled(
                 account_id=self.account_id, smtp_code=error.code,
-                smtp_message=clean_text(error.text), interval_ms=self.interval_ms))
+                smtp_message=clean_text(error.text), interval_ms=shown))
         except Exception:
             log.exception("storing or announcing the slower pace failed")
 
-    async def _after_success(self) -> None:
+    async def _after_success(self, accepted_at: float) -> None:
+        # Every success counts: the run a refusal ends tells the provider's limit.
+        self._rate.succeeded(accepted_at)
+        # The provider's learnt window: the next send waits until it allows one.
+        self.pacer.not_before = self._rate.next_allowed(accepted_at)
         configured = self.account["send_interval_ms"]
         if self.interval_ms <= configured:
             return
+        # A pace stored by an earlier throttling (a restart): back to the configured one
+        # step by step, as before, while the learner watches the window itself.
         self._successes += 1
         slower = decayed_interval_ms(self.interval_ms, configured, self._successes)
         if slower == self.interval_ms:
@@ -518,7 +534,7 @@ class AccountWorker:
         except Exception:
             # The outcome is recorded; the next success writes the pace again.
             log.exception("storing the account's pace failed")
-        if at_pace and self.throttled:
+        if at_pace and self.throttled and not self._rate.learnt:
             self.throttled = False
             metrics.THROTTLED.dec()
 

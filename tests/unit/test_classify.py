@@ -9,7 +9,6 @@ from services.sender.classify import (
     classify,
     contract_stage,
     decayed_interval_ms,
-    next_interval_ms,
     retry_delay,
 )
 from shared.smtp import SmtpStageError
@@ -200,24 +199,6 @@ def test_retry_delay_needs_tiers():
         retry_delay(1, [])
 
 
-@pytest.mark.parametrize(("current", "configured", "retry_after_s", "max_ms", "expected"), [
-    (0, 0, None, 60_000, 1000),  # no pause yet: start at one second
-    (2000, 1000, None, 60_000, 4000),  # doubles
-    (1000, 1000, None, 60_000, 2000),
-    (300, 300, None, 60_000, 1000),  # doubling a short pause is not enough
-    (1000, 1000, 30.0, 60_000, 30_000),  # the server's wait, when longer
-    (8000, 1000, 2.0, 60_000, 16_000),  # doubling, when longer than the wait
-    (1000, 1000, 0.5, 60_000, 2000),
-    (1000, 0, 2.0005, 60_000, 2001),  # rounded up: never shorter than asked
-    (40_000, 1000, None, 60_000, 60_000),  # capped
-    (1000, 1000, 3600.0, 60_000, 60_000),  # even the server's wait
-    (0, 5000, None, 60_000, 10_000),  # doubles the configured pause when nothing is in force
-    (5000, 90_000, None, 60_000, 90_000),  # the configured pause beats the cap
-])
-def test_next_interval(current, configured, retry_after_s, max_ms, expected):
-    assert next_interval_ms(current, configured, retry_after_s, max_ms) == expected
-
-
 @pytest.mark.parametrize(("current", "configured", "successes", "expected"), [
     (8000, 1000, 10, 4500),  # halve the excess
     (8000, 1000, 20, 4500),  # every 10th in a row
@@ -242,15 +223,3 @@ def test_decayed_interval_with_another_step():
     assert decayed_interval_ms(8000, 1000, 1, every=1) == 4500
     with pytest.raises(ValueError, match="every"):
         decayed_interval_ms(8000, 1000, 10, every=0)
-
-
-def test_a_long_throttle_decays_back_to_the_configured_pause():
-    interval = 1000
-    for _ in range(6):
-        interval = next_interval_ms(interval, 1000, None, 60_000)
-    assert interval == 60_000
-    steps = 0
-    while interval != 1000:
-        interval = decayed_interval_ms(interval, 1000, 10)
-        steps += 1
-    assert steps == 11
