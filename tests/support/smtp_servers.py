@@ -95,6 +95,7 @@ class SmtpTestServer(Observable):
     # beyond it MAIL FROM is answered 421, like the seed's "every mail after the first few".
     rate_limit: tuple[int, float] | None = None
     refused_by_rate: int = 0
+    refused_at: list[float] = field(default_factory=list)  # time.monotonic() of each
     _mail_times: list[float] = field(default_factory=list, init=False, repr=False)
     host: str = HOST
     port: int = 0
@@ -240,6 +241,7 @@ class _Handler:
             recent = [t for t in server._mail_times if now - t < window]
             if len(recent) >= limit:
                 server.refused_by_rate += 1
+                server.refused_at.append(now)
                 server.changed()
                 return "421 4.7.0 Too many messages, slow down"
         server._mail_times.append(now)
