@@ -9,7 +9,15 @@ from datetime import UTC, datetime
 from typing import Annotated, Any, Literal
 
 import orjson
-from pydantic import BaseModel, ConfigDict, Field, StringConstraints, model_validator
+from pydantic import (
+    BaseModel,
+    ConfigDict,
+    Field,
+    SerializerFunctionWrapHandler,
+    StringConstraints,
+    model_serializer,
+    model_validator,
+)
 
 DeliveryId = Annotated[str, StringConstraints(pattern=r"^[A-Za-z0-9._:-]{1,200}$")]
 AccountId = Annotated[str, StringConstraints(pattern=r"^[A-Za-z0-9._:-]{1,100}$")]
@@ -111,6 +119,8 @@ class AccountPublic(Model):
     quota_per_minute: int | None = None
     quota_per_hour: int | None = None
     quota_per_day: int | None = None
+    standby_account_ids: list[str] = Field(default_factory=list)
+    allowed_from: list[str] = Field(default_factory=list)
     is_default: bool
     paused: bool
     created_by: str
@@ -144,7 +154,21 @@ class DeliveryRejected(DeliveryEvent):
     detail: str
 
 
-class MailSent(DeliveryEvent):
+class RecipientEvent(DeliveryEvent):
+    """Contract §6: `requested_account_id` when a standby account sent instead of the one
+    asked for (`account_id` is the one that sent); absent otherwise."""
+
+    requested_account_id: str | None = None
+
+    @model_serializer(mode="wrap")
+    def _without_absent_request(self, handler: SerializerFunctionWrapHandler) -> Any:
+        data = handler(self)
+        if isinstance(data, dict) and data.get("requested_account_id") is None:
+            data.pop("requested_account_id", None)
+        return data
+
+
+class MailSent(RecipientEvent):
     type: Literal["mail.sent"] = "mail.sent"
     account_id: str
     recipient: str
@@ -153,7 +177,7 @@ class MailSent(DeliveryEvent):
     attempts: int
 
 
-class MailDeferred(DeliveryEvent):
+class MailDeferred(RecipientEvent):
     type: Literal["mail.deferred"] = "mail.deferred"
     account_id: str
     recipient: str
@@ -163,7 +187,7 @@ class MailDeferred(DeliveryEvent):
     retry_at: datetime
 
 
-class MailFailed(DeliveryEvent):
+class MailFailed(RecipientEvent):
     type: Literal["mail.failed"] = "mail.failed"
     account_id: str
     recipient: str

@@ -36,7 +36,8 @@ log = structlog.get_logger(__name__)
 
 # Fields that may not be set to null by a PATCH (they have no "empty" meaning).
 _NOT_NULL = ("name", "personal", "from_address", "smtp_host", "smtp_port", "smtp_auth",
-             "pop_before_smtp", "tls", "send_interval_ms", "is_default")
+             "pop_before_smtp", "tls", "send_interval_ms", "is_default", "standby_account_ids",
+             "allowed_from")
 _PASSWORDS = {"smtp_password": "smtp_password_enc", "pop_password": "pop_password_enc"}
 
 
@@ -99,6 +100,31 @@ def _unique_violation(error: asyncpg.UniqueViolationError) -> AccountError:
     return Conflict("another account became the default at the same time; try again")
 
 
+async def _check_standbys(db: asyncpg.Connection, account_id: str | None,
+                          standbys: list[str], owner: str | None) -> None:
+    """Live accounts, not the account itself, each once; for a personal account only the same
+    owner's personal accounts (its mail never goes out in someone else's name)."""
+    if not standbys:
+        return
+    errors = []
+    if account_id in standbys:
+        errors.append("an account cannot stand in for itself")
+    if len(set(standbys)) != len(standbys):
+        errors.append("each standby account once")
+    rows = {str(row["id"]): row for row in await db.fetch(
+        "SELECT id, personal, owner FROM accounts WHERE id = ANY($1::uuid[]) "
+        "AND deleted_at IS NULL", standbys)}
+    for standby in standbys:
+        row = rows.get(standby)
+        if row is None and standby != account_id:
+            errors.append(f"no account {standby}")
+        elif row is not None and owner is not None and row["owner"] != owner:
+            errors.append(f"{standby} is not an account of the same owner (this one is "
+                          "personal)")
+    if errors:
+        raise Invalid([FieldError("standby_account_ids", "; ".join(errors))])
+
+
 class AccountService:
     def __init__(self, pool: asyncpg.Pool, box: SecretBox, queues: AccountQueues,
                  events_written: Callable[[], None], test_mail: TestMailConfig) -> None:
@@ -126,6 +152,8 @@ class AccountService:
             async with self._pool.acquire() as db, db.transaction():
                 if fields.is_default:
                     await self._clear_default(db, None, user)
+                await _check_standbys(db, None, values.get("standby_account_ids") or [],
+                                      values.get("owner"))
                 row = await repository.insert(db, values, created_by=user.sub)
                 public = repository.to_public(row)
                 await repository.add_event(
@@ -151,6 +179,9 @@ class AccountService:
                 if current is None:
                     raise NotFound(f"no account {account_id}")
                 values, warnings = self._merge(current, patch, changes)
+                owner = values.get("owner", current["owner"])
+                await _check_standbys(db, account_id, values.get(
+                    "standby_account_ids", current["standby_account_ids"]) or [], owner)
                 if values.get("is_default") and not current["is_default"]:
                     await self._clear_default(db, account_id, user)
                 row = await repository.update(db, account_id, values, updated_by=user.sub)

@@ -12,7 +12,8 @@ WRITABLE = (
     "name", "personal", "owner", "from_address", "from_name", "reply_to", "smtp_host",
     "smtp_port", "smtp_auth", "smtp_username", "smtp_password_enc", "pop_before_smtp",
     "pop_host", "pop_port", "pop_username", "pop_password_enc", "tls", "local_hostname",
-    "send_interval_ms", "quota_per_minute", "quota_per_hour", "quota_per_day", "is_default",
+    "send_interval_ms", "quota_per_minute", "quota_per_hour", "quota_per_day",
+    "standby_account_ids", "allowed_from", "is_default",
 )
 _LIVE = "deleted_at IS NULL"
 

@@ -29,6 +29,13 @@ Port = Annotated[int, Field(ge=1, le=65535)]
 Password = Annotated[SecretStr, Field(min_length=1, max_length=1024)]
 Interval = Annotated[int, Field(ge=0, le=MAX_INTERVAL_MS)]
 Quota = Annotated[int, Field(ge=1, le=100_000_000)]
+AccountRef = Annotated[str, Field(pattern=r"^[0-9a-f]{8}-[0-9a-f]{4}-[0-9a-f]{4}-[0-9a-f]{4}-"
+                                          r"[0-9a-f]{12}$")]
+# An address, or "@domain" for every address of a domain.
+AllowedFrom = Annotated[str, Field(min_length=3, max_length=254,
+                                   pattern=r"^(?:[^@\s,<>]+)?@[^@\s,<>]+\.[^@\s,<>]+$")]
+Standbys = Annotated[list[AccountRef], Field(max_length=5)]
+AllowedFroms = Annotated[list[AllowedFrom], Field(max_length=50)]
 
 
 class Strict(BaseModel):
@@ -60,6 +67,10 @@ class AccountFields(Strict):
     quota_per_minute: Quota | None = None
     quota_per_hour: Quota | None = None
     quota_per_day: Quota | None = None
+    # Contract §6: fail-over, in order, while this account is paused (quota, auth, tls,
+    # connect); the From addresses or @domains this account may send as when it stands in.
+    standby_account_ids: Standbys = Field(default_factory=list)
+    allowed_from: AllowedFroms = Field(default_factory=list)
     is_default: bool = False
 
 
@@ -87,6 +98,8 @@ class AccountPatch(Strict):
     quota_per_minute: Quota | None = None
     quota_per_hour: Quota | None = None
     quota_per_day: Quota | None = None
+    standby_account_ids: Standbys | None = None
+    allowed_from: AllowedFroms | None = None
     is_default: bool | None = None
 
 

@@ -98,8 +98,11 @@ async def recipient_counts(db: asyncpg.Pool, delivery_id: str) -> dict[str, int]
 async def recipients(db: asyncpg.Pool, delivery_id: str, state: str | None, limit: int,
                      offset: int) -> list[dict[str, Any]]:
     rows = await db.fetch(
+        # account_id: the account that sent or last tried (a standby's, after a fail-over);
+        # the sender's migration adds the column, hence read through to_jsonb.
         "SELECT idx, email, name, state, attempts, last_smtp_code, last_smtp_message, "
-        "message_id, updated_at FROM delivery_recipients "
+        "message_id, updated_at, to_jsonb(r) ->> 'account_id' AS account_id "
+        "FROM delivery_recipients r "
         "WHERE delivery_id = $1 AND ($2::text IS NULL OR state = $2) ORDER BY idx "
         "LIMIT $3 OFFSET $4",
         delivery_id, state, limit, offset)

@@ -26,7 +26,8 @@ class Composers:
         self._cache: OrderedDict[str, tuple[Composer, dict]] = OrderedDict()
 
     async def get(self, delivery_id: str, account: Any) -> tuple[Composer, dict]:
-        key = f"{delivery_id}:{account['updated_at']}"
+        # Per account too: a standby composes with the From of the account it stands in for.
+        key = f"{delivery_id}:{account['id']}:{account['updated_at']}"
         if key in self._cache:
             self._cache.move_to_end(key)
             return self._cache[key]

@@ -21,7 +21,7 @@ import orjson
 import structlog
 from aio_pika.abc import AbstractConnection, AbstractIncomingMessage
 
-from services.sender import ledger, metrics
+from services.sender import failover, ledger, metrics
 from services.sender.consumers import ConsumerChannels
 from services.sender.parts import SenderParts
 from services.sender.worker import AccountWorker
@@ -54,6 +54,8 @@ class Supervisor:
             amqp_url, f"sender {settings.replica_id} consumers", parts.topology,
             settings.consumers_per_channel, self._lost)
         self.workers: dict[str, AccountWorker] = {}
+        # Paused account -> (its standby, the standby's consumer on the paused one's queue).
+        self.borrows: dict[str, tuple[str, Any, str]] = {}
         self._wanted: set[str] = set()  # as of the last full reconcile
         self._recovery: asyncio.Task | None = None
         self._lock = asyncio.Lock()
@@ -171,6 +173,11 @@ class Supervisor:
                     self._start_probe(str(row["id"]))
                 elif row["paused_reason"] == "quota":
                     self._start_quota_timer(str(row["id"]), row["resumes_at"])
+            try:
+                await self._fail_over([str(row["id"]) for row in rows], only)
+            except Exception:
+                failed += 1
+                log.exception("fail-over to standby accounts failed")
         if later:
             pending.update(later)
             self._spawn(self._subscribe_later(later), "standby")
@@ -246,6 +253,7 @@ class Supervisor:
     def _lost(self, account_ids: list[str], why: str) -> None:
         """Consumers lost with their connection or channel, or cancelled by the broker."""
         for account_id in account_ids:
+            self.borrows.pop(account_id, None)  # a standby's consumer of that queue
             worker = self.workers.get(account_id)
             if worker is not None:
                 worker.consumer_tag = None
@@ -278,8 +286,47 @@ class Supervisor:
     async def _on_pause(self, worker: AccountWorker) -> None:
         # Called from inside the worker's message handler: do not wait for it here.
         await self._unsubscribe(worker)
+        for home, (standby, queue, tag) in list(self.borrows.items()):
+            if standby == worker.account_id:  # a paused standby stands in for nobody
+                del self.borrows[home]
+                await self._consumers.cancel(queue, tag)
         if self.workers.get(worker.account_id) is worker and not self._stopping:
             await self.reconcile(only=worker.account_id)
+
+    # -- fail-over ------------------------------------------------------------------------
+
+    async def _fail_over(self, live_ids: list[str], only: str | None) -> None:
+        """Each paused account whose first usable standby is consumed here: that standby's
+        worker consumes the paused account's queue too (single active consumer: one replica
+        does); when the account runs again, or the standby is no longer usable, it stops."""
+        homes = [only] if only is not None else live_ids
+        homes += [home for home in self.borrows if home not in homes]
+        for home in homes:
+            account = await ledger.account(self._parts.pool, home)
+            standby = None
+            if account is not None and account["deleted_at"] is None:
+                cache: dict[str, Any] = {}
+
+                def lookup(standby_id: str, cache: dict[str, Any] = cache) -> Any:
+                    return cache.get(standby_id)
+
+                for standby_id in account["standby_account_ids"] or []:
+                    cache[standby_id] = await ledger.account(self._parts.pool, standby_id)
+                standby = failover.standby_for(account, lookup)
+            worker = self.workers.get(standby) if standby else None
+            if worker is None or worker.consumer_tag is None:
+                standby = None  # not consumed here (another replica's turn)
+            current = self.borrows.get(home)
+            if current is not None and current[0] != standby:
+                del self.borrows[home]
+                await self._consumers.cancel(current[1], current[2])
+                log.info("fail-over ended", account_id=home, standby_account_id=current[0])
+            if standby is not None and home not in self.borrows:
+                assert worker is not None and account is not None
+                queue, tag = await self._consumers.consume(home, worker.standing_in(account))
+                self.borrows[home] = (standby, queue, tag)
+                log.warning("failing over to a standby account", account_id=home,
+                            standby_account_id=standby, reason=account["paused_reason"])
 
     # -- account events -------------------------------------------------------------------
 

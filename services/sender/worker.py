@@ -122,6 +122,7 @@ class AccountWorker:
         self._address_problem = account_address_problem(account["from_address"],
                                                         account["reply_to"])
         self._tasks: set[asyncio.Task] = set()
+        self._home: Any | None = None  # the account stood in for, during its job
         self._connect_failures = 0
         self._successes = 0
         self._quota_replies = 0  # in a row: each doubles the wait before trying again
@@ -190,15 +191,37 @@ class AccountWorker:
     async def on_message(self, message: AbstractIncomingMessage) -> None:
         # The job runs in a task of its own: a channel that closes cancels its consumers'
         # callbacks, and a send cancelled between its 250 and its record would be sent again.
-        task = asyncio.create_task(self._take(message))
+        task = asyncio.create_task(self._take(message, None))
         self._tasks.add(task)
         task.add_done_callback(self._tasks.discard)
         await asyncio.shield(task)
 
-    async def _take(self, message: AbstractIncomingMessage) -> None:
+    def standing_in(self, home: Any) -> Callable[[AbstractIncomingMessage], Awaitable[None]]:
+        """The consumer of a paused account's queue while this account stands in for it:
+        its jobs go out through this account's server, pace and quotas, with its From."""
+        async def on_message(message: AbstractIncomingMessage) -> None:
+            task = asyncio.create_task(self._take(message, home))
+            self._tasks.add(task)
+            task.add_done_callback(self._tasks.discard)
+            await asyncio.shield(task)
+        return on_message
+
+    @property
+    def _queue_account(self) -> str:
+        """The account whose queue the job in hand came from."""
+        return str(self._home["id"]) if self._home is not None else self.account_id
+
+    @property
+    def _requested(self) -> str | None:
+        return str(self._home["id"]) if self._home is not None else None
+
+    async def _take(self, message: AbstractIncomingMessage, home: Any | None) -> None:
         async with self.busy:
+            self._home = home
             structlog.contextvars.clear_contextvars()
             structlog.contextvars.bind_contextvars(account_id=self.account_id)
+            if home is not None:
+                structlog.contextvars.bind_contextvars(requested_account_id=str(home["id"]))
             arrived = time.monotonic()
             delay = FIRST_JOB_RETRY_S
             disposition: Disposition | None = None
@@ -230,6 +253,7 @@ class AccountWorker:
                         delay = min(delay * 2, MAX_JOB_RETRY_S)
             finally:
                 self._stall(False)
+                self._home = None
 
     async def _carry_out(self, message: AbstractIncomingMessage,
                          disposition: Disposition) -> None:
@@ -238,20 +262,21 @@ class AccountWorker:
             try:
                 await self._republish(message, topology.send_exchange, disposition.account_id)
             except DeliveryError:
-                if disposition.account_id == self.account_id:
+                if disposition.account_id == self._queue_account:
                     raise
                 # Its own account has no queue any more (deleted): nothing may send it.
                 await self._carry_out(message, ToDead(
                     "wrong_account", f"a job of account {disposition.account_id} found on the "
-                    f"queue of {self.account_id}, and its own queue is gone"))
+                    f"queue of {self._queue_account}, and its own queue is gone"))
                 return
         elif isinstance(disposition, ToRetry):
             await self._republish(message, topology.retry_name(disposition.delay_s),
-                                  self.account_id, {"x-retry-delay-s": disposition.delay_s})
+                                  self._queue_account,
+                                  {"x-retry-delay-s": disposition.delay_s})
         elif isinstance(disposition, ToDead):
-            await self._republish(message, topology.dead_exchange, self.account_id, {
+            await self._republish(message, topology.dead_exchange, self._queue_account, {
                 "x-reason": disposition.reason, "x-detail": disposition.detail,
-                "x-original-queue": topology.account_queue(self.account_id)})
+                "x-original-queue": topology.account_queue(self._queue_account)})
             log.warning("job moved to the dead-letter queue", reason=disposition.reason,
                         detail=disposition.detail)
         await message.ack()
@@ -283,7 +308,7 @@ class AccountWorker:
         except ValidationError as error:
             return ToDead("invalid_job", str(error)[:500])
         structlog.contextvars.bind_contextvars(delivery_id=job.delivery_id, index=job.index)
-        if job.account_id != self.account_id:
+        if job.account_id != self._queue_account:
             # Never through this account's server and From: back to its own account's queue.
             metrics.MISROUTED.inc()
             log.error("a job of another account on this account's queue: sent back to its own",
@@ -291,9 +316,12 @@ class AccountWorker:
             return ToQueue(job.account_id)
         if self._address_problem is not None:
             await self._pause("account", None, self._address_problem)
-            return ToQueue(self.account_id)
+            return ToQueue(self._queue_account)
         try:
-            composer, metadata = await self._parts.composers.get(job.delivery_id, self.account)
+            # The From is the one the delivery asked for: its own account's, also when a
+            # standby sends it (the standby may: failover.may_send_as).
+            composer, metadata = await self._parts.composers.get(
+                job.delivery_id, self._home if self._home is not None else self.account)
             mail = composer.compose(email=job.email, name=job.name, vars=job.vars)
         except (LookupError, ValueError) as error:
             row = await ledger.recipient(self._parts.pool, job.delivery_id, job.index)
@@ -309,7 +337,7 @@ class AccountWorker:
             session = await self._session_for_send()
         except UndecryptableSecret as error:
             await self._pause("secret", None, str(error))
-            return ToQueue(self.account_id)
+            return ToQueue(self._queue_account)
 
         while True:
             try:
@@ -327,7 +355,7 @@ class AccountWorker:
                 await self._pause("quota", None, f"quota_per_{full.window} of {limit} "
                                   "messages reached", resumes_at=full.resumes_at,
                                   window=full.window)
-                return ToQueue(self.account_id)
+                return ToQueue(self._queue_account)
         self.pacer.observe(arrived)
         # The ledger row is read while MAIL and RCPT are on the wire; DATA waits for it.
         check = asyncio.ensure_future(
@@ -378,7 +406,7 @@ class AccountWorker:
                 event_id=stable_event_id(job.job_id, "sent"), delivery_id=job.delivery_id,
                 metadata=row["metadata"], account_id=self.account_id, recipient=job.email,
                 message_id=row["message_id"] or "", smtp_code=row["last_smtp_code"] or 250,
-                attempts=row["attempts"]))
+                attempts=row["attempts"], requested_account_id=self._requested))
         if row["completed_at"] is not None:
             # `failed` counts the unknown outcomes too: the contract's event has sent, failed.
             await self._parts.events.publish(DeliveryCompleted(
@@ -411,7 +439,7 @@ class AccountWorker:
                 self._quota_replies += 1
             await self._pause(action.reason, error.code, words, error.stage,
                               resumes_at=resumes_at, window=action.window)
-            return ToQueue(self.account_id)
+            return ToQueue(self._queue_account)
         if action.throttled:
             await self._slow_down(error, verdict)
         if isinstance(action, Settle):
@@ -425,7 +453,8 @@ class AccountWorker:
             event_id=stable_event_id(job.job_id, "deferred", attempts),
             delivery_id=job.delivery_id, metadata=metadata, account_id=self.account_id,
             recipient=job.email, smtp_code=error.code, smtp_message=words,
-            attempts=attempts, retry_at=datetime.now(UTC) + timedelta(seconds=action.delay_s))
+            attempts=attempts, retry_at=datetime.now(UTC) + timedelta(seconds=action.delay_s),
+            requested_account_id=self._requested)
         await self._record(job, "deferred", error.code, words, None, touched_server=True,
                            event=event)
         metrics.OUTCOMES.labels(self.account_id, "deferred").inc()
@@ -453,13 +482,15 @@ class AccountWorker:
             event = MailSent(
                 event_id=stable_event_id(job.job_id, "sent"), delivery_id=job.delivery_id,
                 metadata=metadata, account_id=self.account_id, recipient=job.email,
-                message_id=message_id or "", smtp_code=code or 250, attempts=0)
+                message_id=message_id or "", smtp_code=code or 250, attempts=0,
+                requested_account_id=self._requested)
         else:
             event = MailFailed(
                 event_id=stable_event_id(job.job_id, state), delivery_id=job.delivery_id,
                 metadata=metadata, account_id=self.account_id, recipient=job.email,
                 stage=stage, smtp_code=code, smtp_message=text, permanent=permanent,
-                attempts=0, outcome="unknown" if unknown else "failed")
+                attempts=0, outcome="unknown" if unknown else "failed",
+                requested_account_id=self._requested)
         await self._record(job, state, code, text, message_id, touched_server, event)
         metrics.OUTCOMES.labels(self.account_id, state).inc()
         if touched_server:
