@@ -260,7 +260,12 @@ class AccountService:
         row = await repository.get(self._pool, account_id)
         if row is None or not _visible(row, user):
             raise NotFound(f"no account {account_id}")  # someone else's personal: not found
-        return _out(row)
+        out = _out(row)
+        windows = [w for w in ("minute", "hour", "day") if row[f"quota_per_{w}"] is not None]
+        if windows:
+            out = out.model_copy(update={"quota_used": await repository.quota_used(
+                self._pool, account_id, windows)})
+        return out
 
     async def search(self, q: str | None, match_all: bool, limit: int, offset: int,
                      user: User) -> AccountPage:

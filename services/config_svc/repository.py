@@ -18,6 +18,22 @@ WRITABLE = (
 _LIVE = "deleted_at IS NULL"
 
 
+async def quota_used(db: asyncpg.Pool, account_id: str, windows: Sequence[str]) -> dict[str, int]:
+    """Accepted messages per window now, counted from the sender's `account_sends`; empty
+    when the sender's migrations have not run yet."""
+    spans = {"minute": "1 minute", "hour": "1 hour", "day": "1 day"}
+    try:
+        row = await db.fetchrow(
+            "SELECT " + ", ".join(
+                f"count(*) FILTER (WHERE at > now() - interval '{spans[w]}') AS {w}"
+                for w in windows)
+            + " FROM account_sends WHERE account_id = $1 AND at > now() - interval '1 day'",
+            account_id)
+    except asyncpg.UndefinedTableError:
+        return {}
+    return {w: row[w] for w in windows}
+
+
 def to_public(row: Mapping[str, Any]) -> AccountPublic:
     fields = {name: row[name] for name in AccountPublic.model_fields if name != "id"}
     return AccountPublic(id=str(row["id"]), **fields)

@@ -115,6 +115,8 @@ class AccountOut(AccountPublic):
     smtp_password_set: bool
     pop_password_set: bool
     warnings: list[str] = Field(default_factory=list)
+    # Per window with a quota (GET only): the messages the servers accepted in it now.
+    quota_used: dict[str, int] | None = None
 
 
 class AccountRow(BaseModel):

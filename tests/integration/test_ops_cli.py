@@ -338,6 +338,8 @@ async def test_an_accounts_quotas_come_back_from_the_api_and_the_cli_lists_their
         "INSERT INTO account_sends (account_id, at) VALUES ($1, now() - interval '10 seconds'), "
         "($1, now() - interval '2 minutes'), ($1, now() - interval '2 hours')", account["id"])
 
+    read = await accounts_api.client.get(f"/v1/accounts/{account['id']}", headers=auth())
+    assert read.json()["quota_used"] == {"minute": 1, "hour": 2}
     [row] = await cli_json("--prefix", TOPOLOGY.prefix, "accounts", account["id"])
     assert row["quotas"] == {"minute": {"limit": 30, "used": 1},
                              "hour": {"limit": 1500, "used": 2}}

@@ -100,3 +100,21 @@ async def test_a_slot_that_frees_soon_is_waited_out_without_a_pause(
     assert completed["sent"] == 2
     assert not stack.of_type("account.paused")
     assert len(server.messages) == 2
+
+
+async def test_greylisting_of_one_recipient_does_not_slow_the_others(start_sender: Any) -> None:
+    greylisted = "451 4.7.1 <g0@example.com>: Greylisted, please try again in 300 seconds"
+    async with smtp_server(refusal=("rcpt", greylisted), refusals=1) as server:
+        stack = await sender_on(start_sender, server)
+        recipients = [{"email": f"g{i}@example.com", "name": f"n{i}", "vars": {"plan": "p"}}
+                      for i in range(5)]
+        body = request_body(account_id=stack.account_id, recipients=recipients)
+        await stack.dispatcher.publish_request(body)
+        completed = await stack.wait_event(
+            lambda e: e["type"] == "delivery.completed"
+            and e["delivery_id"] == body["delivery_id"], timeout=30)
+
+    assert completed["sent"] == 5
+    [deferred] = stack.of_type("mail.deferred")
+    assert deferred["recipient"] == "g0@example.com"
+    assert not stack.of_type("account.throttled")  # the account kept its pace
