@@ -1,8 +1,11 @@
 """`make run`: the private stack, the mail catcher, migrations, then every service in the
-foreground with its lines prefixed by its name. Ctrl-C stops everything it started.
+foreground with its lines prefixed by its name, each listening on 127.0.0.1 only. Ctrl-C
+stops everything it started. A service that dies stops the stack too (a demo should not
+limp on without its sender), with the service's exit code and last lines on the terminal.
 """
 
 import asyncio
+import collections
 import os
 import secrets
 import signal
@@ -22,11 +25,19 @@ MAIL_DIR = ROOT / ".run" / "mail"
 # Services in start order, with the HTTP port each serves its API and probes on.
 SERVICES = {"config_svc": 8080, "dispatcher": 8081, "sender": 8082}
 COLOURS = {"catcher": 35, "config_svc": 36, "dispatcher": 33, "sender": 32}
+LAST_LINES = 20
+# Each service's last lines, shown when it dies.
+TAILS: dict[str, collections.deque] = collections.defaultdict(
+    lambda: collections.deque(maxlen=LAST_LINES))
 
 
 def free_port(preferred: int) -> int:
+    """`preferred` when the server can bind it, else a free one. Checked as the servers bind
+    (uvicorn and asyncio set SO_REUSEADDR): connections of a stack stopped a moment ago,
+    left in TIME_WAIT, do not make the port taken."""
     for port in (preferred, 0):
         with socket.socket() as sock:
+            sock.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
             try:
                 sock.bind(("127.0.0.1", port))
             except OSError:
@@ -36,6 +47,11 @@ def free_port(preferred: int) -> int:
             print(f"run: port {preferred} is taken, using {chosen}", flush=True)
         return chosen
     raise RuntimeError("no free port")
+
+
+def service_env(env: dict[str, str], port: int) -> dict[str, str]:
+    """A service's settings under `make run`: loopback only (containers keep 0.0.0.0)."""
+    return {**env, "MAIL_HTTP_PORT": str(port), "MAIL_HTTP_HOST": "127.0.0.1"}
 
 
 def read_env(path: Path) -> dict[str, str]:
@@ -93,7 +109,9 @@ async def pipe_lines(name: str, stream: asyncio.StreamReader) -> None:
     prefix = f"\x1b[{COLOURS.get(name, 37)}m{name:>10} |\x1b[0m " if sys.stdout.isatty() else (
         f"{name:>10} | ")
     async for line in stream:
-        sys.stdout.write(prefix + line.decode(errors="replace"))
+        text = line.decode(errors="replace")
+        TAILS[name].append(text)
+        sys.stdout.write(prefix + text)
         sys.stdout.flush()
 
 
@@ -131,7 +149,7 @@ async def run_stack(env: dict[str, str]) -> int:
             break
         port = free_port(SERVICES[name])
         processes[name] = await start(name, [sys.executable, "-m", f"services.{name}"],
-                                      {**env, "MAIL_HTTP_PORT": str(port)})
+                                      service_env(env, port))
         if name == "config_svc":
             token = issue_token(env["MAIL_JWT_SECRET"], "make-run", [ADMIN_ROLE])
             await register_catcher_account(port, token, catcher_port)
@@ -143,9 +161,16 @@ async def run_stack(env: dict[str, str]) -> int:
     waits = {asyncio.create_task(p.wait()): n for n, p in processes.items()}
     stopper = asyncio.create_task(stop.wait())
     done, _ = await asyncio.wait([stopper, *waits], return_when=asyncio.FIRST_COMPLETED)
+    code = 0
     if stopper not in done:
         ended = next(waits[task] for task in done)
-        print(f"run: {ended} ended by itself; stopping the rest", flush=True)
+        code = processes[ended].returncode or 1
+        await asyncio.sleep(0.2)  # its last lines through the pipe
+        print(f"\nrun: {ended} died (exit code {processes[ended].returncode}); its last lines:",
+              flush=True)
+        for line in TAILS[ended]:
+            sys.stdout.write(f"  {line}")
+        print("run: stopping the rest of the stack (`make run` again restarts it)", flush=True)
     for process in reversed(processes.values()):
         if process.returncode is None:
             process.send_signal(signal.SIGTERM)
@@ -156,7 +181,7 @@ async def run_stack(env: dict[str, str]) -> int:
             print(f"run: {name} did not stop in 30 s; killing it", flush=True)
             process.kill()
     stopper.cancel()
-    return 0
+    return code
 
 
 def main() -> None:
