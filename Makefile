@@ -40,5 +40,6 @@ stack-up:
 stack-down:
 	python3 deploy/local/stack.py down --dir .run/stack
 
-clean: stack-down
+clean:                          ## stop every stack of this checkout, remove .run/ (and any PostgreSQL data kept outside it) and .venv/
+	for dir in .run/*/; do [ -f "$$dir/ports.json" ] && python3 deploy/local/stack.py purge --dir "$$dir"; done; true
 	rm -rf .run .venv

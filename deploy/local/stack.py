@@ -6,6 +6,7 @@
     stack.py restart-rabbitmq --dir DIR
     stack.py restart-postgres --dir DIR
     stack.py status --dir DIR
+    stack.py purge --dir DIR      (down, then DIR and its PostgreSQL data removed)
 
 Standard library only: it runs with the system python3 before any virtualenv exists. Both
 servers listen on 127.0.0.1 only, with their own ports, node name, Erlang cookie and epmd, so
@@ -25,6 +26,7 @@ import signal
 import socket
 import subprocess
 import sys
+import tempfile
 import time
 from pathlib import Path
 
@@ -151,11 +153,19 @@ class Stack:
     def __init__(self, directory):
         self.dir = Path(directory).resolve()
         self.rabbit = self.dir / "rabbitmq"
-        self.pgdata = self.dir / "postgres"
-        self.pgrun = self.dir / "postgres-run"  # unix socket and log, owned by postgres
         # One node name per DIR, so that two stacks can run side by side.
         digest = hashlib.sha256(str(self.dir).encode()).hexdigest()[:10]
         self.node = f"mail-{digest}@localhost"
+        # Where user postgres cannot enter DIR (a checkout under a 0700 home), its data live
+        # in a private folder of the system's temporary directory, named after DIR and
+        # recorded in DIR/postgres-home; `purge` removes it.
+        self.pg_home_record = self.dir / "postgres-home"
+        self.pg_home_outside = Path(tempfile.gettempdir()) / f"mail-pg-{digest}"
+        home = self.dir
+        if self.pg_home_record.exists():
+            home = Path(self.pg_home_record.read_text().strip())
+        self.pgdata = home / "postgres"
+        self.pgrun = home / "postgres-run"  # unix socket and log, owned by postgres
         try:
             self.ports = json.loads((self.dir / "ports.json").read_text())
         except (OSError, ValueError):
@@ -455,8 +465,16 @@ def cmd_up(stack, mode):
     ensure_packages()
     stack.dir.mkdir(parents=True, exist_ok=True)
     stack.dir.chmod(stack.dir.stat().st_mode | 0o711)  # user postgres must traverse DIR
-    if subprocess.run(as_postgres("test", "-x", stack.dir)).returncode != 0:
-        raise StackError(f"user postgres cannot reach {stack.dir}: chmod o+x its parents")
+    if (not stack.pg_home_record.exists()
+            and subprocess.run(as_postgres("test", "-x", stack.dir)).returncode != 0):
+        # A parent only root may enter: PostgreSQL's data go where postgres can reach them.
+        home = stack.pg_home_outside
+        home.mkdir(mode=0o700, exist_ok=True)
+        shutil.chown(home, "postgres", "postgres")
+        home.chmod(0o700)
+        stack.pg_home_record.write_text(f"{home}\n")
+        stack.pgdata, stack.pgrun = home / "postgres", home / "postgres-run"
+        print(f"stack: user postgres cannot enter {stack.dir}; its data live in {home}")
     stack.rabbit.mkdir(exist_ok=True)
     password = stack.password()
     held = {"amqp", "management", "dist"} if rabbit_pid(stack) else set()
@@ -503,6 +521,15 @@ def cmd_restart_postgres(stack):
     start_postgres(stack)
 
 
+def cmd_purge(stack):
+    cmd_down(stack)
+    if stack.pg_home_record.exists():
+        outside = Path(stack.pg_home_record.read_text().strip())
+        if outside == stack.pg_home_outside:  # only the folder this stack made
+            shutil.rmtree(outside, ignore_errors=True)
+    shutil.rmtree(stack.dir, ignore_errors=True)
+
+
 def cmd_status(stack):
     rabbit = bool(stack.ports) and amqp_answers(stack.ports["amqp"])
     postgres = bool(stack.ports and pg_bin()) and pg_answers(stack.ports["postgres"])
@@ -514,7 +541,8 @@ def cmd_status(stack):
 def main():
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("command",
-                        choices=("up", "down", "restart-rabbitmq", "restart-postgres", "status"))
+                        choices=("up", "down", "restart-rabbitmq", "restart-postgres", "status",
+                                 "purge"))
     parser.add_argument("--dir", required=True, help="folder holding the stack's data")
     parser.add_argument("--ports", choices=("default", "free"), default="default")
     args = parser.parse_args()
@@ -533,6 +561,8 @@ def main():
             cmd_restart_rabbitmq(stack)
         elif args.command == "restart-postgres":
             cmd_restart_postgres(stack)
+        elif args.command == "purge":
+            cmd_purge(stack)
         else:
             return cmd_status(stack)
     except StackError as exc:

@@ -5,10 +5,9 @@ set -uo pipefail
 cd "$(dirname "$0")/../.."
 
 stack=.run/test-stack
-python3 deploy/local/stack.py down --dir "$stack" >/dev/null 2>&1 || true
-rm -rf "$stack"
+python3 deploy/local/stack.py purge --dir "$stack" >/dev/null 2>&1 || true
 python3 deploy/local/stack.py up --dir "$stack" --ports free || exit 1
-trap 'python3 deploy/local/stack.py down --dir "$stack"' EXIT
+trap 'python3 deploy/local/stack.py purge --dir "$stack"' EXIT
 
 set -a; . "$stack/env"; set +a
 .venv/bin/python -m pytest "$@"

@@ -473,7 +473,8 @@ def stack_up(directory: Path) -> None:
 
 
 def stack_down(directory: Path) -> None:
-    subprocess.run([sys.executable, str(ROOT / "deploy/local/stack.py"), "down", "--dir",
+    """Stopped and removed (its PostgreSQL data too, also where they were kept outside)."""
+    subprocess.run([sys.executable, str(ROOT / "deploy/local/stack.py"), "purge", "--dir",
                     str(directory)], capture_output=True)
 
 
