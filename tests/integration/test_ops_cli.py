@@ -1,4 +1,4 @@
-"""The operators' command line (`python -m shared.cli`) on the real RabbitMQ and PostgreSQL.
+"""The operators' command line (`mail-ops`) on the real RabbitMQ and PostgreSQL.
 
 Each test runs the CLI in-process (`run(parse_args([...]))`, the settings from the stack's
 environment) against a topology of its own prefix, or the run-wide one of the accounts tests
@@ -18,10 +18,10 @@ from aio_pika.abc import AbstractChannel, AbstractQueue, AbstractRobustConnectio
 
 from services.dispatcher.intake import DeadLetters
 from services.dispatcher.rejection import INVALID_REQUEST, Rejection
+from services.ops.cli import OpsSettings, parse_args, run
+from services.ops.dead import RENEW_AT
 from services.sender.main import NEEDED
-from shared.cli import OpsSettings, parse_args, run
 from shared.db import migrate
-from shared.ops.dead import RENEW_AT
 from shared.topology import Topology, make_message, open_confirmed_channel, publish
 from tests.conftest import eventually
 from tests.integration.accounts_fixtures import TOPOLOGY, AccountsApi, auth, events_queue

@@ -44,13 +44,13 @@ from services.config_svc.queues import AccountQueues
 from services.dispatcher.fanout import FanOut
 from services.dispatcher.intake import DeadLetters, Intake
 from services.dispatcher.rejection import INVALID_REQUEST, Rejection
+from services.ops import accounts as ops_accounts
+from services.ops import dead as ops_dead
 from services.sender.main import MIGRATIONS as SENDER_MIGRATIONS
 from services.sender.settings import SenderSettings
 from shared.auth import ADMIN_ROLE, issue_token
 from shared.db import migrate
 from shared.messages import AccountPaused, DeliveryAccepted, MailSent
-from shared.ops import accounts as ops_accounts
-from shared.ops import dead as ops_dead
 from shared.topology import (
     EventPublisher,
     Topology,
@@ -679,7 +679,7 @@ async def dead_request(broker: Broker, delivery_id: str) -> None:
 async def test_the_ops_cli_lists_and_replays_mail_dead_as_mail_ops(broker: Broker) -> None:
     topology = Topology()
     await dead_request(broker, "r1")
-    connection = await broker.connect("mail-ops")  # shared/cli.py: a plain connection
+    connection = await broker.connect("mail-ops")  # services/ops/cli.py: a plain connection
     async with ops_dead.DeadQueue(connection, topology) as dead:
         assert [letter.message_id for letter in dead.letters] == ["r1"]
     outcomes, _ = await ops_dead.replay(connection, topology,

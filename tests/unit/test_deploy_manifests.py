@@ -628,7 +628,10 @@ def dev_only_modules() -> set[str]:
     """Top-level modules installed only for the dev group: the image has none of them."""
     lock = tomllib.loads((ROOT / "uv.lock").read_text())
     packages = {package["name"]: package for package in lock["package"]}
-    [root] = [package for package in packages.values() if "virtual" in package["source"]]
+    # The project itself: "virtual" while it was not installed, "editable" since it is
+    # (its `mail-ops` console script).
+    [root] = [package for package in packages.values()
+              if {"virtual", "editable"} & set(package["source"])]
     runtime, todo = set(), [*root.get("dependencies", [])]
     while todo:
         dependency = todo.pop()

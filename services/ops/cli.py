@@ -1,4 +1,4 @@
-"""The operators' command line: `python -m shared.cli [--prefix P] COMMAND ...`.
+"""The operators' command line: `mail-ops [--prefix P] COMMAND ...`.
 
     accounts [ACCOUNT_ID ...] [--json]     accounts: state, pace, queue depth, last send/error
     pause ACCOUNT_ID [--by NAME]           as POST /v1/accounts/{id}/pause (reason operator)
@@ -29,12 +29,12 @@ import orjson
 from aio_pika.abc import AbstractConnection
 from pydantic import Field, SecretStr
 
+from services.ops import accounts as ops_accounts
+from services.ops import dead as ops_dead
+from services.ops.accounts import OpsError
 from shared.crypto import UndecryptableSecret, parse_keys
 from shared.db import create_pool
 from shared.logging import configure_logging, register_secret
-from shared.ops import accounts as ops_accounts
-from shared.ops import dead as ops_dead
-from shared.ops.accounts import OpsError
 from shared.settings import ServiceSettings
 from shared.topology import Topology
 
@@ -59,7 +59,7 @@ def _login() -> str:
 
 def build_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(
-        prog="python -m shared.cli", description=__doc__,
+        prog="mail-ops", description=__doc__,
         formatter_class=argparse.RawDescriptionHelpFormatter,
         epilog="See docs/operations.md for what the queues hold and the procedures.")
     parser.add_argument("--prefix", default="mail",
