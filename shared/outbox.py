@@ -15,6 +15,7 @@ import asyncpg
 import orjson
 import structlog
 from aio_pika.abc import AbstractChannel
+from prometheus_client import Counter, Gauge
 from pydantic import TypeAdapter, ValidationError
 
 from shared.messages import EVENT_TYPES
@@ -22,8 +23,17 @@ from shared.topology import Topology, make_message, publish_many
 
 log = structlog.get_logger(__name__)
 
-# Every outbox table has these columns: id bigserial, routing_key, event_id, body jsonb.
+# Every outbox table has these columns: id bigserial, routing_key, event_id, body jsonb,
+# created_at timestamptz.
 TABLES = frozenset({"account_outbox", "sender_outbox"})
+# How long the oldest event a relay just published had waited, and how many it published:
+# an outbox that stops draining shows as a lag that grows while nothing is published.
+LAG = Gauge("mail_outbox_lag_seconds",
+            "How long the oldest event of the relay's last batch waited in the outbox.",
+            ["table"])
+PUBLISHED = Counter("mail_outbox_published_total", "Events the relay published.", ["table"])
+LAST_DRAIN = Gauge("mail_outbox_last_drain_timestamp_seconds",
+                   "When the relay last found its outbox empty.", ["table"])
 _BY_TYPE: dict[str, TypeAdapter[Any]] = {
     model.model_fields["type"].default: TypeAdapter(model) for model in EVENT_TYPES
 }
@@ -34,8 +44,10 @@ class OutboxRelay:
                  table: str, poll_s: float, linger_s: float = 0.0, batch: int = 500) -> None:
         if table not in TABLES:
             raise ValueError(f"not an outbox table: {table}")
-        self._take = (f"SELECT id, routing_key, event_id, body FROM {table} ORDER BY id "
-                      "LIMIT $1 FOR UPDATE SKIP LOCKED")
+        self._take = (f"SELECT id, routing_key, event_id, body, "
+                      f"extract(epoch FROM clock_timestamp() - created_at)::float8 AS age "
+                      f"FROM {table} ORDER BY id LIMIT $1 FOR UPDATE SKIP LOCKED")
+        self._table = table
         self._forget = f"DELETE FROM {table} WHERE id = ANY($1::bigint[])"
         self._pool = pool
         self._channel = channel
@@ -59,12 +71,15 @@ class OutboxRelay:
             async with self._pool.acquire() as db, db.transaction():
                 rows = await db.fetch(self._take, self._batch)
                 if not rows:
+                    LAST_DRAIN.labels(self._table).set_to_current_time()
                     return published
+                LAG.labels(self._table).set(rows[0]["age"])
                 items = [item for row in rows if (item := self._item(row)) is not None]
                 # Not mandatory: an event nobody listens to yet is not an error.
                 await publish_many(exchange, items, mandatory=False)
                 await db.execute(self._forget, [row["id"] for row in rows])
             published += len(items)
+            PUBLISHED.labels(self._table).inc(len(items))
 
     @staticmethod
     def _item(row: Any) -> tuple[str, Any] | None:
