@@ -25,8 +25,9 @@ lint: venv
 format: venv
 	.venv/bin/ruff check --fix . && .venv/bin/ruff format .
 
-schemas: venv                   ## regenerate docs/schemas/ from shared/messages.py
+schemas: venv                   ## regenerate docs/schemas/ and docs/asyncapi.yaml from shared/messages.py
 	$(PY) -m shared.schemas docs/schemas
+	$(PY) -m shared.asyncapi docs/asyncapi.yaml
 
 bench: venv                     ## every benchmark in bench/, on a private stack
 	deploy/local/bench.sh
