@@ -42,6 +42,9 @@ from shared.topology import Topology, open_confirmed_channel, publish
 
 RENEW_AT = 10  # deliveries after which a message read is given back as a fresh copy
 MAX_READ = 10_000
+# What is kept of a body that no replay or renewal needs: enough for every preview. So that
+# reading 10,000 letters (a `too_large` request can be 32 MiB) holds megabytes, not gigabytes.
+PREVIEW_KEEP = 16 * 1024
 # What dead-lettering added; a replayed copy goes out without it.
 BOOKKEEPING = frozenset({
     "x-reason", "x-detail", "x-death", "x-delivery-count",
@@ -83,6 +86,17 @@ def preview(body: bytes, size: int) -> str:
 class DeadLetter:
     position: int  # 1-based, in the order read (the queue's order)
     message: AbstractIncomingMessage = field(repr=False)
+    body_bytes: int = -1  # of the whole body, also when only its start is kept
+    whole: bool = True  # the whole body is held (a replay or a renewal needs it)
+
+    def __post_init__(self) -> None:
+        if self.body_bytes < 0:
+            self.body_bytes = len(self.message.body)
+
+    def keep_only_preview(self) -> None:
+        if len(self.message.body) > PREVIEW_KEEP:
+            self.message.body = self.message.body[:PREVIEW_KEEP]
+            self.whole = False
 
     @property
     def headers(self) -> dict[str, Any]:
@@ -145,7 +159,7 @@ class DeadLetter:
             "delivery_id": self.delivery_id,
             "account_id": self.account_id,
             "origin": self.origin(),
-            "body_bytes": len(self.message.body),
+            "body_bytes": self.body_bytes,
             "body_preview": preview(self.message.body, preview_chars),
         }
 
@@ -313,10 +327,14 @@ class DeadQueue:
     `max_read`) and holds it; on leaving, every message not replayed is given back in order."""
 
     def __init__(self, connection: AbstractConnection, topology: Topology,
-                 max_read: int = MAX_READ) -> None:
+                 max_read: int = MAX_READ,
+                 needs_body: Callable[[DeadLetter], bool] = lambda _letter: False) -> None:
+        """`needs_body`: which letters a replay will publish; of the others only the start
+        of the body is held (a renewal, which publishes a copy, keeps its whole body too)."""
         self._connection = connection
         self._topology = topology
         self._max_read = max_read
+        self._needs_body = needs_body
         self._channel: AbstractChannel | None = None
         self._queue: AbstractQueue | None = None
         self.letters: list[DeadLetter] = []
@@ -336,7 +354,10 @@ class DeadQueue:
             message = await self._queue.get(no_ack=False, fail=False, timeout=30)
             if message is None:
                 break
-            self.letters.append(DeadLetter(len(self.letters) + 1, message))
+            letter = DeadLetter(len(self.letters) + 1, message)
+            if letter.delivery_count < RENEW_AT and not self._needs_body(letter):
+                letter.keep_only_preview()
+            self.letters.append(letter)
         else:  # basic.get-ok says how many remain behind the last one read
             self.truncated = bool(self.letters and self.letters[-1].message.message_count)
         return self
@@ -384,6 +405,8 @@ class DeadQueue:
     async def replay(self, letter: DeadLetter, target: Target) -> None:
         """Publishes the copy (confirm + mandatory), then acks the original."""
         assert self._channel is not None
+        if not letter.whole:
+            raise OpsError(f"message {letter.position} was read for a preview only")
         copy = replay_copy(letter.message, **{"x-replayed-at": datetime.now(UTC).isoformat()})
         if target.exchange == "":
             exchange = self._channel.default_exchange
@@ -427,7 +450,7 @@ async def replay(connection: AbstractConnection, topology: Topology,
     held more than `max_read` (those behind were not looked at)."""
     outcomes: list[Outcome] = []
     known: dict[tuple[str, str], bool] = {}
-    async with DeadQueue(connection, topology, max_read) as dead:
+    async with DeadQueue(connection, topology, max_read, needs_body=select) as dead:
         for letter in dead.letters:
             if not select(letter):
                 continue

@@ -19,7 +19,7 @@ from aio_pika.abc import AbstractChannel, AbstractQueue, AbstractRobustConnectio
 from services.dispatcher.intake import DeadLetters
 from services.dispatcher.rejection import INVALID_REQUEST, Rejection
 from services.ops.cli import OpsSettings, parse_args, run
-from services.ops.dead import RENEW_AT
+from services.ops.dead import PREVIEW_KEEP, RENEW_AT, DeadQueue
 from services.sender.main import NEEDED
 from shared.db import migrate
 from shared.topology import Topology, make_message, open_confirmed_channel, publish
@@ -345,3 +345,26 @@ async def test_an_accounts_quotas_come_back_from_the_api_and_the_cli_lists_their
                              "hour": {"limit": 1500, "used": 2}}
     code, out = await cli("--prefix", TOPOLOGY.prefix, "accounts", account["id"])
     assert code == 0 and "1/30 a minute 2/1500 a hour" in out
+
+
+async def test_reading_mail_dead_holds_only_a_preview_of_a_big_body_yet_replays_it_whole(
+    channel: AbstractChannel, topology: Topology, unique: str, amqp: AbstractRobustConnection,
+) -> None:
+    watch = await channel.declare_queue(exclusive=True)
+    await watch.bind(topology.requests_exchange, routing_key="delivery.request")
+    big = orjson.dumps({"delivery_id": f"{unique}-big", "text": "x" * (2 << 20)})
+    await DeadLetters(channel, topology).send(big, f"{unique}-big", Rejection(
+        INVALID_REQUEST, "too big to keep whole", f"{unique}-big"))
+    await depth_becomes(channel, topology.dead_queue, 1)
+
+    listed = await cli_json("--prefix", unique, "dead", "list")
+    assert listed["messages"][0]["body_bytes"] == len(big)
+    async with DeadQueue(amqp, topology) as dead:  # as `dead list` and `dead show` read
+        [letter] = dead.letters
+        assert (letter.body_bytes, len(letter.message.body), letter.whole) == (
+            len(big), PREVIEW_KEEP, False)
+
+    done = await cli_json("--prefix", unique, "dead", "replay", "--message-id", f"{unique}-big")
+    assert [o["action"] for o in done["outcomes"]] == ["replayed"]
+    [arrived] = await receive(watch)
+    assert arrived.body == big
