@@ -1,5 +1,18 @@
--- Fail-over (contract §6): the ledger keeps which account sent (or last tried) each
--- recipient; a standby's differs from the delivery's account.
+-- The outcome's record, third version. Since 0002:
+-- * last_end, the end of every SMTP transaction that reached the server, is kept whoever
+--   holds the lease by then (a send that outlasted it, a record retried after the database
+--   came back) and only moves forward; the lease itself is changed only by its owner;
+-- * quotas (contract §6): every message a server accepted, at its 250, per account, kept for
+--   a day (the longest window) in account_sends; the sender counts the windows from it when
+--   it takes the lease, so they hold across restarts and replicas;
+-- * fail-over (contract §6): the ledger keeps which account sent (or last tried) each
+--   recipient; a standby's differs from the delivery's account.
+CREATE TABLE account_sends (
+    account_id uuid        NOT NULL,
+    at         timestamptz NOT NULL
+);
+CREATE INDEX account_sends_by_account ON account_sends (account_id, at);
+
 ALTER TABLE delivery_recipients ADD COLUMN account_id uuid;
 
 CREATE OR REPLACE FUNCTION record_outcome(
