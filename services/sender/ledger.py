@@ -65,7 +65,8 @@ async def account(db: asyncpg.Pool, account_id: str) -> asyncpg.Record | None:
 
 async def live_accounts(db: asyncpg.Pool) -> list[asyncpg.Record]:
     return await db.fetch(
-        "SELECT a.id, a.paused, a.updated_at, r.paused_reason, r.resumes_at FROM accounts a "
+        "SELECT a.id, a.paused, a.updated_at, a.standby_account_ids, r.paused_reason, "
+        "r.resumes_at FROM accounts a "
         "LEFT JOIN account_runtime r ON r.account_id = a.id WHERE a.deleted_at IS NULL")
 
 

@@ -174,7 +174,7 @@ class Supervisor:
                 elif row["paused_reason"] == "quota":
                     self._start_quota_timer(str(row["id"]), row["resumes_at"])
             try:
-                await self._fail_over([str(row["id"]) for row in rows], only)
+                await self._fail_over(rows)
             except Exception:
                 failed += 1
                 log.exception("fail-over to standby accounts failed")
@@ -295,24 +295,23 @@ class Supervisor:
 
     # -- fail-over ------------------------------------------------------------------------
 
-    async def _fail_over(self, live_ids: list[str], only: str | None) -> None:
-        """Each paused account whose first usable standby is consumed here: that standby's
-        worker consumes the paused account's queue too (single active consumer: one replica
-        does); when the account runs again, or the standby is no longer usable, it stops."""
-        homes = [only] if only is not None else live_ids
+    async def _fail_over(self, rows: list[Any]) -> None:
+        """Each paused account (of the live `rows` reconciled) whose first usable standby is
+        consumed here: that standby's worker consumes the paused account's queue too (single
+        active consumer: one replica does); when the account runs again, or the standby is
+        no longer usable, it stops. Only accounts paused with standbys, and those failed over
+        now, are read in full: a reconcile of thousands of running accounts reads no more."""
+        homes = [str(row["id"]) for row in rows
+                 if row["paused_reason"] in failover.FAILOVER_REASONS
+                 and row["standby_account_ids"]]
         homes += [home for home in self.borrows if home not in homes]
         for home in homes:
             account = await ledger.account(self._parts.pool, home)
             standby = None
             if account is not None and account["deleted_at"] is None:
-                cache: dict[str, Any] = {}
-
-                def lookup(standby_id: str, cache: dict[str, Any] = cache) -> Any:
-                    return cache.get(standby_id)
-
-                for standby_id in account["standby_account_ids"] or []:
-                    cache[standby_id] = await ledger.account(self._parts.pool, standby_id)
-                standby = failover.standby_for(account, lookup)
+                standbys = {standby_id: await ledger.account(self._parts.pool, standby_id)
+                            for standby_id in account["standby_account_ids"] or []}
+                standby = failover.standby_for(account, standbys.get)
             worker = self.workers.get(standby) if standby else None
             if worker is None or worker.consumer_tag is None:
                 standby = None  # not consumed here (another replica's turn)
