@@ -107,20 +107,16 @@ def clean_text(text: str) -> str:
 class AccountWorker:
     def __init__(self, account: Any, parts: SenderParts, on_pause: PauseHook) -> None:
         self.account_id = str(account["id"])
-        self.account = account
         self._parts = parts
         self._on_pause = on_pause
         # The lease is this worker's, not the replica's: two workers never send at once.
         self.token = f"{parts.settings.replica_id}/{secrets.token_hex(4)}"
         self._lease = ledger.AccountLease(parts.pool, self.account_id)
         self.pacer = Pacer(self._lease, self.token, ttl_s=parts.settings.lease_ttl_s)
-        self._follow_quotas(account)
-        self.pacer.interval_ms = self._effective_interval(account)
+        self._follow(account)
         self._recorder = Recorder(parts.pool, self.account_id, self.token, parts.database)
         self._session: SmtpSession | None = None
         self._session_stale = False  # the account changed during a send: reopen after it
-        self._address_problem = account_address_problem(account["from_address"],
-                                                        account["reply_to"])
         self._tasks: set[asyncio.Task] = set()
         self._home: Any | None = None  # the account stood in for, during its job
         self._connect_failures = 0
@@ -141,9 +137,15 @@ class AccountWorker:
 
     # -- account changes ------------------------------------------------------------------
 
-    def _follow_quotas(self, account: Any) -> None:
+    def _follow(self, account: Any) -> None:
+        """What the account's settings decide: its pace, its quotas, whether its From can
+        be written."""
+        self.account = account
+        self.pacer.interval_ms = self._effective_interval(account)
         self._lease.quotas = ledger.Quotas.of(account)
         self.pacer.counts_quotas = bool(self._lease.quotas)
+        self._address_problem = account_address_problem(account["from_address"],
+                                                        account["reply_to"])
 
     def _effective_interval(self, account: Any) -> int:
         configured = account["send_interval_ms"]
@@ -153,11 +155,7 @@ class AccountWorker:
     async def update(self, account: Any) -> None:
         """New settings: the next send opens a session with them (a session in use is
         closed after its send, never under it)."""
-        self.account = account
-        self.pacer.interval_ms = self._effective_interval(account)
-        self._follow_quotas(account)
-        self._address_problem = account_address_problem(account["from_address"],
-                                                        account["reply_to"])
+        self._follow(account)
         if self.busy.locked():
             self._session_stale = True
         else:
@@ -189,22 +187,22 @@ class AccountWorker:
     # -- the edge -------------------------------------------------------------------------
 
     async def on_message(self, message: AbstractIncomingMessage) -> None:
-        # The job runs in a task of its own: a channel that closes cancels its consumers'
-        # callbacks, and a send cancelled between its 250 and its record would be sent again.
-        task = asyncio.create_task(self._take(message, None))
-        self._tasks.add(task)
-        task.add_done_callback(self._tasks.discard)
-        await asyncio.shield(task)
+        await self._shielded(message, None)
 
     def standing_in(self, home: Any) -> Callable[[AbstractIncomingMessage], Awaitable[None]]:
         """The consumer of a paused account's queue while this account stands in for it:
         its jobs go out through this account's server, pace and quotas, with its From."""
         async def on_message(message: AbstractIncomingMessage) -> None:
-            task = asyncio.create_task(self._take(message, home))
-            self._tasks.add(task)
-            task.add_done_callback(self._tasks.discard)
-            await asyncio.shield(task)
+            await self._shielded(message, home)
         return on_message
+
+    async def _shielded(self, message: AbstractIncomingMessage, home: Any | None) -> None:
+        # The job runs in a task of its own: a channel that closes cancels its consumers'
+        # callbacks, and a send cancelled between its 250 and its record would be sent again.
+        task = asyncio.create_task(self._take(message, home))
+        self._tasks.add(task)
+        task.add_done_callback(self._tasks.discard)
+        await asyncio.shield(task)
 
     @property
     def _queue_account(self) -> str:
