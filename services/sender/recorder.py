@@ -28,18 +28,13 @@ class DatabaseHealth:
     """Whether the sender's last write reached the database (readiness)."""
 
     def __init__(self) -> None:
-        self.failing_since: float | None = None
+        self.healthy = True
 
     def ok(self) -> None:
-        self.failing_since = None
+        self.healthy = True
 
     def failed(self) -> None:
-        if self.failing_since is None:
-            self.failing_since = time.monotonic()
-
-    @property
-    def healthy(self) -> bool:
-        return self.failing_since is None
+        self.healthy = False
 
 
 async def persist(work: Callable[[], Awaitable[T]], what: str, health: DatabaseHealth) -> T:
