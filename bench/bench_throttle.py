@@ -32,14 +32,14 @@ async def one(suite: Suite, limit: int, window_s: float, total: int) -> dict:
     server = SmtpTestServer(users={USER: PASSWORD}, rate_limit=(limit, window_s))
     await server.start()
     run = Run(suite, (total,))
-    account_id = await suite._account(server, 0)
+    account_id = await suite.add_account(server, 0)
     run.servers[account_id] = server
     run.intervals[account_id] = 0
     await run.start_dispatcher()
     await run.start_sender()
     try:
         started = time.monotonic()
-        delivery_id = await suite._publish(account_id, total)
+        delivery_id = await suite.publish_delivery(account_id, total)
         run.deliveries[delivery_id] = account_id
         while len(server.messages) < total:
             if time.monotonic() - started > 60 + 10 * total:

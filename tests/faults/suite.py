@@ -194,7 +194,7 @@ class Suite:
         for interval in INTERVALS_MS:
             server = SmtpTestServer(users={USER: PASSWORD})
             await server.start()
-            account_id = await self._account(server, interval)
+            account_id = await self.add_account(server, interval)
             run.servers[account_id] = server
             run.intervals[account_id] = interval
         if prepare is not None:
@@ -203,7 +203,7 @@ class Suite:
         await run.start_sender()
         started = time.monotonic()
         for account_id, count in zip(run.servers, counts, strict=True):
-            run.deliveries[await self._publish(account_id, count)] = account_id
+            run.deliveries[await self.publish_delivery(account_id, count)] = account_id
         try:
             await fault(run)
             await self._until_settled(run, timeout=60 + run.total * 0.25)
@@ -218,7 +218,7 @@ class Suite:
                 await server.stop()
         return await self._outcome(name, run, seconds)
 
-    async def _account(self, server: SmtpTestServer, interval_ms: int) -> str:
+    async def add_account(self, server: SmtpTestServer, interval_ms: int) -> str:
         account_id = str(await self.pool.fetchval(
             "INSERT INTO accounts (name, from_address, smtp_host, smtp_port, tls, smtp_auth, "
             "smtp_username, smtp_password_enc, send_interval_ms, created_by) "
@@ -228,7 +228,7 @@ class Suite:
         await self.topology.declare_account_queue(self.channel, account_id)
         return account_id
 
-    async def _publish(self, account_id: str, count: int) -> str:
+    async def publish_delivery(self, account_id: str, count: int) -> str:
         delivery_id = f"faults-{account_id[:8]}-{time.monotonic_ns()}"
         body = {"delivery_id": delivery_id, "account_id": account_id,
                 "subject": "fault suite {{name}}", "text": "hello {{name}}",

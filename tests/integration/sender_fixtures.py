@@ -54,15 +54,23 @@ class SenderStack:
     def account_id(self) -> str:
         return self.dispatcher.account_id
 
-    async def announce_change(self) -> None:
-        """The account.updated event config_svc publishes after a change."""
+    async def announce_change(self, account_id: str | None = None, event: Any = None) -> None:
+        """The event (account.updated unless told) config_svc publishes after a change of an
+        account (the stack's unless told)."""
+        account_id = account_id or self.account_id
         row = await self.dispatcher.pool.fetchrow(
-            "SELECT * FROM accounts WHERE id = $1", self.account_id)
+            "SELECT * FROM accounts WHERE id = $1", account_id)
         from services.config_svc.repository import to_public
 
         publisher = EventPublisher(self.dispatcher.channel, self.dispatcher.topology)
-        await publisher.publish(AccountUpdated(account_id=self.account_id,
-                                               account=to_public(row)))
+        await publisher.publish((event or AccountUpdated)(account_id=account_id,
+                                                          account=to_public(row)))
+
+    async def completed(self, delivery_id: str, timeout: float = 30) -> dict:
+        """The delivery's `delivery.completed` (seen before or arriving)."""
+        return await self.wait_event(
+            lambda e: e["type"] == "delivery.completed" and e["delivery_id"] == delivery_id,
+            timeout=timeout)
 
     async def wait_event(self, predicate: Any, timeout: float = 20) -> dict:
         """The first event (seen before or arriving) that `predicate` accepts."""

@@ -32,10 +32,7 @@ async def deliver(stack: SenderStack, count: int, timeout: float = 20) -> tuple[
     its `delivery.completed`."""
     body = request_body(account_id=stack.account_id, recipients=recipients(count))
     await stack.dispatcher.publish_request(body)
-    completed = await stack.wait_event(
-        lambda e: e["type"] == "delivery.completed" and e["delivery_id"] == body["delivery_id"],
-        timeout=timeout)
-    return body, completed
+    return body, await stack.completed(body["delivery_id"], timeout=timeout)
 
 
 async def test_a_delivery_is_sent_recorded_and_completed(start_sender: Any) -> None:

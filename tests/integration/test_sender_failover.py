@@ -10,9 +10,6 @@ from typing import Any
 
 import pytest
 
-from services.config_svc.repository import to_public
-from shared.messages import AccountUpdated
-from shared.topology import EventPublisher
 from tests.integration.dispatcher_fixtures import insert_account, request_body
 from tests.integration.sender_fixtures import SenderStack, configure_account, sender_on
 from tests.support.smtp_servers import smtp_server
@@ -31,27 +28,14 @@ def recipients(prefix: str, count: int) -> list[dict]:
             for i in range(count)]
 
 
-async def announce(stack: SenderStack, account_id: str) -> None:
-    row = await stack.dispatcher.pool.fetchrow("SELECT * FROM accounts WHERE id = $1",
-                                               account_id)
-    await EventPublisher(stack.dispatcher.channel, stack.dispatcher.topology).publish(
-        AccountUpdated(account_id=account_id, account=to_public(row)))
-
-
 async def standby_account(stack: SenderStack, server: Any, **fields: Any) -> str:
     pool = stack.dispatcher.pool
     account_id = await insert_account(pool)
     await stack.dispatcher.topology.declare_account_queue(stack.dispatcher.channel, account_id)
     await configure_account(pool, account_id, smtp_host=server.host, smtp_port=server.port,
                             from_address=RELAY, **fields)
-    await announce(stack, account_id)
+    await stack.announce_change(account_id)
     return account_id
-
-
-async def delivered(stack: SenderStack, body: dict) -> dict:
-    return await stack.wait_event(
-        lambda e: e["type"] == "delivery.completed" and e["delivery_id"] == body["delivery_id"],
-        timeout=30)
 
 
 async def test_a_paused_accounts_jobs_go_through_its_standby_and_come_back_after(
@@ -67,11 +51,11 @@ async def test_a_paused_accounts_jobs_go_through_its_standby_and_come_back_after
         await stack.announce_change()
         first = request_body(account_id=stack.account_id, recipients=recipients("f", 5))
         await stack.dispatcher.publish_request(first)
-        completed = await delivered(stack, first)
+        completed = await stack.completed(first["delivery_id"])
         await stack.wait_event(lambda e: e["type"] == "account.resumed")
         second = request_body(account_id=stack.account_id, recipients=recipients("s", 2))
         await stack.dispatcher.publish_request(second)
-        await delivered(stack, second)
+        await stack.completed(second["delivery_id"])
 
     assert (completed["sent"], completed["failed"]) == (5, 0)
     # The first delivery through the standby, in the account's name; the second at home.
@@ -107,7 +91,7 @@ async def test_a_standby_not_allowed_to_send_as_the_accounts_from_is_never_used(
         await stack.announce_change()
         body = request_body(account_id=stack.account_id, recipients=recipients("w", 3))
         await stack.dispatcher.publish_request(body)
-        completed = await delivered(stack, body)
+        completed = await stack.completed(body["delivery_id"])
 
     assert completed["sent"] == 3
     assert standby_server.messages == []

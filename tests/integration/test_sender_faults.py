@@ -15,11 +15,10 @@ import aio_pika
 import asyncpg
 
 from services.config_svc.queues import AccountQueues
-from services.config_svc.repository import to_public
 from services.sender import ledger, metrics
 from shared.crypto import SecretBox
-from shared.messages import AccountDeleted, AccountUpdated, SendJob
-from shared.topology import EventPublisher, make_message, publish
+from shared.messages import AccountDeleted, SendJob
+from shared.topology import make_message, publish
 from tests.conftest import eventually
 from tests.integration.dispatcher_fixtures import insert_account, request_body
 from tests.integration.sender_fixtures import SenderStack, configure_account, sender_on
@@ -45,12 +44,6 @@ async def drop_database_connections(dsn: str) -> int:
         await connection.close()
 
 
-async def completed_of(stack: SenderStack, delivery_id: str, timeout: float = 30) -> dict:
-    return await stack.wait_event(
-        lambda e: e["type"] == "delivery.completed" and e["delivery_id"] == delivery_id,
-        timeout=timeout)
-
-
 def gaps_ms(messages: list[Received]) -> list[float]:
     """Each pause as the server saw it: one transaction's 250 to the next one's MAIL."""
     return [(b.started_at - a.ended_at) * 1e3 for a, b in itertools.pairwise(messages)]
@@ -69,7 +62,7 @@ async def test_connections_dropped_after_the_250_never_send_a_recipient_twice(
         stack = await sender_on(start_sender, server, send_interval_ms=150)
         body = request_body(account_id=stack.account_id, recipients=recipients(12))
         await stack.dispatcher.publish_request(body)
-        completed = await completed_of(stack, body["delivery_id"])
+        completed = await stack.completed(body["delivery_id"])
         await asyncio.sleep(0)
 
     assert len(dropped) == 4 and all(dropped), "no connection was dropped: nothing was tested"
@@ -140,7 +133,7 @@ async def test_a_record_refused_after_the_250_is_retried_and_never_sends_twice(
                                  "AND NEW.state = 'sent'", times=3).install()
         try:
             await stack.dispatcher.publish_request(body)
-            completed = await completed_of(stack, body["delivery_id"])
+            completed = await stack.completed(body["delivery_id"])
             assert await fault.hits() == 3
         finally:
             await fault.clear()
@@ -210,7 +203,7 @@ async def test_an_undecryptable_password_pauses_the_account_until_it_is_changed(
         finally:  # a key rotation elsewhere must not meet a password no key can read
             await configure_account(pool, stack.account_id, smtp_password="the-right-one")
         await stack.announce_change()
-        completed = await completed_of(stack, body["delivery_id"])
+        completed = await stack.completed(body["delivery_id"])
     assert (completed["sent"], completed["total"]) == (3, 3)
     assert len(stack.of_type("account.resumed")) == 1
 
@@ -254,22 +247,15 @@ async def new_account(stack: SenderStack, server: Any, letter: str) -> str:
     await stack.dispatcher.topology.declare_account_queue(stack.dispatcher.channel, account_id)
     await configure_account(pool, account_id, smtp_host=server.host, smtp_port=server.port,
                             from_address=f"{letter}@shop.example.com")
-    await announce(stack, AccountUpdated, account_id)
+    await stack.announce_change(account_id)
     return account_id
-
-
-async def announce(stack: SenderStack, event: Any, account_id: str) -> None:
-    row = await stack.dispatcher.pool.fetchrow("SELECT * FROM accounts WHERE id = $1",
-                                               account_id)
-    publisher = EventPublisher(stack.dispatcher.channel, stack.dispatcher.topology)
-    await publisher.publish(event(account_id=account_id, account=to_public(row)))
 
 
 async def delete_account(stack: SenderStack, account_id: str) -> None:
     """As config_svc deletes one, forced: soft delete and its event, then the queue goes."""
     await stack.dispatcher.pool.execute(
         "UPDATE accounts SET deleted_at = now() WHERE id = $1", account_id)
-    await announce(stack, AccountDeleted, account_id)
+    await stack.announce_change(account_id, AccountDeleted)
     queues = AccountQueues(stack.dispatcher.channel, stack.dispatcher.topology)
     await queues.remove(account_id, reason="account_deleted")
 

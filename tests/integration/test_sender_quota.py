@@ -31,9 +31,7 @@ async def test_a_quota_reply_pauses_the_account_and_every_mail_goes_after(
         body = request_body(account_id=stack.account_id, recipients=recipients)
         await stack.dispatcher.publish_request(body)
         paused = await stack.wait_event(lambda e: e["type"] == "account.paused")
-        completed = await stack.wait_event(
-            lambda e: e["type"] == "delivery.completed"
-            and e["delivery_id"] == body["delivery_id"], timeout=30)
+        completed = await stack.completed(body["delivery_id"], timeout=30)
 
     assert paused["reason"] == "quota"
     assert paused["window"] == "day"
@@ -66,9 +64,7 @@ async def test_a_full_quota_window_pauses_the_account_until_it_frees_across_repl
         body = request_body(account_id=first.account_id, recipients=recipients)
         await first.dispatcher.publish_request(body)
         paused = await first.wait_event(lambda e: e["type"] == "account.paused")
-        completed = await first.wait_event(
-            lambda e: e["type"] == "delivery.completed"
-            and e["delivery_id"] == body["delivery_id"], timeout=30)
+        completed = await first.completed(body["delivery_id"], timeout=30)
 
     assert (paused["reason"], paused["window"], paused["smtp_code"]) == ("quota", "minute", None)
     assert paused["smtp_message"] == "quota_per_minute of 3 messages reached"
@@ -94,9 +90,7 @@ async def test_a_slot_that_frees_soon_is_waited_out_without_a_pause(
                       for i in range(2)]
         body = request_body(account_id=stack.account_id, recipients=recipients)
         await stack.dispatcher.publish_request(body)
-        completed = await stack.wait_event(
-            lambda e: e["type"] == "delivery.completed"
-            and e["delivery_id"] == body["delivery_id"], timeout=30)
+        completed = await stack.completed(body["delivery_id"], timeout=30)
     assert completed["sent"] == 2
     assert not stack.of_type("account.paused")
     assert len(server.messages) == 2
@@ -110,9 +104,7 @@ async def test_greylisting_of_one_recipient_does_not_slow_the_others(start_sende
                       for i in range(5)]
         body = request_body(account_id=stack.account_id, recipients=recipients)
         await stack.dispatcher.publish_request(body)
-        completed = await stack.wait_event(
-            lambda e: e["type"] == "delivery.completed"
-            and e["delivery_id"] == body["delivery_id"], timeout=30)
+        completed = await stack.completed(body["delivery_id"], timeout=30)
 
     assert completed["sent"] == 5
     [deferred] = stack.of_type("mail.deferred")
