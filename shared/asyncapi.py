@@ -25,6 +25,8 @@ from shared.messages import (
     AccountThrottled,
     AccountUpdated,
     DeliveryAccepted,
+    DeliveryCancel,
+    DeliveryCancelled,
     DeliveryCompleted,
     DeliveryRejected,
     DeliveryRequest,
@@ -66,7 +68,8 @@ def examples() -> dict[type[BaseModel], BaseModel]:
             subject="{{name}} 様 11月のお知らせ", text="{{name}} 様\n\nplan {{plan}}",
             recipients=[Recipient(email="tanaka@example.com", name="田中 太郎",
                                   vars={"plan": "gold"})],
-            metadata=_META),
+            metadata=_META, priority="high", expires_at=_AT),
+        DeliveryCancel: DeliveryCancel(delivery_id="crm-2026-000123", requested_by="tanaka"),
         SendJob: SendJob(job_id="crm-2026-000123:0", delivery_id="crm-2026-000123",
                          account_id=_ACCOUNT, index=0, email="tanaka@example.com",
                          name="田中 太郎", vars={"plan": "gold"}, first_queued_at=_AT),
@@ -82,6 +85,8 @@ def examples() -> dict[type[BaseModel], BaseModel]:
                                smtp_code=550, smtp_message="5.1.1 User unknown",
                                permanent=True, attempts=1, requested_account_id=_ACCOUNT),
         DeliveryCompleted: DeliveryCompleted(**delivery, sent=1, failed=0, total=1),
+        DeliveryCancelled: DeliveryCancelled(**delivery, sent=120, cancelled=19880,
+                                             total=20000),
         AccountPaused: AccountPaused(
             **common, account_id=_ACCOUNT, reason="quota", smtp_code=550,
             smtp_message="5.4.5 Daily user sending quota exceeded.", resumes_at=_AT,
@@ -116,8 +121,9 @@ def render(topology: Topology | None = None, vhost: str = "mail") -> dict[str, A
                              "bindingVersion": AMQP_BINDING}}
     for model, example in examples().items():
         name = model.__name__
-        kind = getattr(example, "type", None) or (
-            "delivery.request" if model is DeliveryRequest else "mail.send")
+        kind = getattr(example, "type", None) or {
+            DeliveryRequest: "delivery.request", DeliveryCancel: "delivery.cancel"}.get(
+                model, "mail.send")
         messages[name] = {
             "name": name, "title": kind, "summary": (model.__doc__ or kind).split("\n")[0],
             "contentType": "application/json",
@@ -140,11 +146,27 @@ def render(topology: Topology | None = None, vhost: str = "mail") -> dict[str, A
                 "action": "receive", "channel": {"$ref": "#/channels/deliveryRequests"},
                 "summary": "The dispatcher takes requests from "
                            f"{topology.requests_queue}."}
+        elif model is DeliveryCancel:
+            channels["deliveryCancels"] = {
+                "address": "delivery.cancel", "messages": {name: ref},
+                "description": "Cancel a delivery (message_id = cancel:<delivery_id>): every "
+                               "recipient not yet sent becomes cancelled; requested_by must "
+                               "be the delivery's requester.",
+                "bindings": {"amqp": {"is": "routingKey", "exchange": _exchange(
+                    topology.requests_exchange, "topic", vhost),
+                    "bindingVersion": AMQP_BINDING}}}
+            operations["receiveDeliveryCancel"] = {
+                "action": "receive", "channel": {"$ref": "#/channels/deliveryCancels"},
+                "summary": "The dispatcher takes cancels from "
+                           f"{topology.requests_queue}."}
         elif model is SendJob:
             channels["sendJobs"] = {
                 "address": "{account_id}", "messages": {name: ref},
                 "description": "One job per recipient, routing key = the account's id, into "
-                               f"the account's queue {topology.account_queue('{account_id}')}.",
+                               f"the account's queue {topology.account_queue('{account_id}')}"
+                               "; for priority high, routing key <account_id>.urgent, into "
+                               f"{topology.urgent_queue('{account_id}')}, which the same "
+                               "worker looks at first.",
                 "parameters": {"account_id": {"description": "The account's id (UUID)."}},
                 "bindings": {"amqp": {"is": "routingKey", "exchange": _exchange(
                     topology.send_exchange, "direct", vhost), "bindingVersion": AMQP_BINDING}}}

@@ -6,10 +6,11 @@ Bytes are decoded into these at the edge of each service; handlers only see mode
 import hashlib
 import uuid
 from datetime import UTC, datetime
-from typing import Annotated, Any, Literal
+from typing import Annotated, Any, ClassVar, Literal
 
 import orjson
 from pydantic import (
+    AwareDatetime,
     BaseModel,
     ConfigDict,
     Field,
@@ -47,6 +48,22 @@ class Model(BaseModel):
     model_config = ConfigDict(extra="forbid", frozen=True)
 
 
+class OmitsAbsent(Model):
+    """Optional fields of contract §6 that are left out of the JSON when they are None, so
+    that a v1 consumer sees the v1 message."""
+
+    omitted_when_none: ClassVar[tuple[str, ...]] = ()
+
+    @model_serializer(mode="wrap")
+    def _without_absent(self, handler: SerializerFunctionWrapHandler) -> Any:
+        data = handler(self)
+        if isinstance(data, dict):
+            for name in self.omitted_when_none:
+                if data.get(name) is None:
+                    data.pop(name, None)
+        return data
+
+
 # -- delivery requests (other systems -> dispatcher) ---------------------------------------
 
 
@@ -68,6 +85,11 @@ class DeliveryRequest(Model):
     recipients: Annotated[list[Recipient], Field(min_length=1, max_length=MAX_RECIPIENTS)]
     headers: dict[str, OneLine] = Field(default_factory=dict)
     metadata: dict[str, Any] = Field(default_factory=dict)
+    # Contract §6: high overtakes the normal jobs waiting for the same account; send_at fans
+    # out at that time; a recipient not sent by expires_at is not sent at all.
+    priority: Literal["normal", "high"] = "normal"
+    send_at: AwareDatetime | None = None
+    expires_at: AwareDatetime | None = None
 
     @model_validator(mode="after")
     def _body_and_metadata(self) -> "DeliveryRequest":
@@ -75,7 +97,21 @@ class DeliveryRequest(Model):
             raise ValueError("at least one of text and html is required")
         if len(orjson.dumps(self.metadata)) > METADATA_MAX_BYTES:
             raise ValueError(f"metadata is larger than {METADATA_MAX_BYTES} bytes")
+        if self.send_at and self.expires_at and self.expires_at <= self.send_at:
+            raise ValueError("expires_at must be later than send_at")
         return self
+
+    def canonical(self) -> bytes:
+        """The request as one byte string whatever its spelling (key order, spaces, defaults
+        written or not): a repeat by HTTP of a request published by AMQP is the same."""
+        return orjson.dumps(self.model_dump(mode="json"), option=orjson.OPT_SORT_KEYS)
+
+
+class DeliveryCancel(Model):
+    """`delivery.cancel` on exchange `mail.requests` (contract §6)."""
+
+    delivery_id: DeliveryId
+    requested_by: Annotated[str, StringConstraints(min_length=1, max_length=200)] | None = None
 
 
 class SendJob(Model):
@@ -142,10 +178,13 @@ class DeliveryEvent(Event):
     metadata: dict[str, Any] = Field(default_factory=dict)
 
 
-class DeliveryAccepted(DeliveryEvent):
+class DeliveryAccepted(DeliveryEvent, OmitsAbsent):
     type: Literal["delivery.accepted"] = "delivery.accepted"
     account_id: str
     recipients: int
+    send_at: datetime | None = None  # contract §6: when scheduled
+
+    omitted_when_none = ("send_at",)
 
 
 class DeliveryRejected(DeliveryEvent):
@@ -154,18 +193,13 @@ class DeliveryRejected(DeliveryEvent):
     detail: str
 
 
-class RecipientEvent(DeliveryEvent):
+class RecipientEvent(DeliveryEvent, OmitsAbsent):
     """Contract §6: `requested_account_id` when a standby account sent instead of the one
     asked for (`account_id` is the one that sent); absent otherwise."""
 
     requested_account_id: str | None = None
 
-    @model_serializer(mode="wrap")
-    def _without_absent_request(self, handler: SerializerFunctionWrapHandler) -> Any:
-        data = handler(self)
-        if isinstance(data, dict) and data.get("requested_account_id") is None:
-            data.pop("requested_account_id", None)
-        return data
+    omitted_when_none = ("requested_account_id",)
 
 
 class MailSent(RecipientEvent):
@@ -191,7 +225,7 @@ class MailFailed(RecipientEvent):
     type: Literal["mail.failed"] = "mail.failed"
     account_id: str
     recipient: str
-    stage: FailureStage
+    stage: FailureStage | None  # None for an expired recipient: no server was asked
     smtp_code: int | None
     smtp_message: str
     permanent: bool
@@ -199,12 +233,25 @@ class MailFailed(RecipientEvent):
     # Added to the contract: `unknown` when the server may have accepted the message (the
     # connection was lost after the data was sent); it is not retried.
     outcome: Literal["failed", "unknown"] = "failed"
+    reason: Literal["expired"] | None = None  # contract §6: past the delivery's expires_at
+
+    omitted_when_none = ("requested_account_id", "reason")
 
 
 class DeliveryCompleted(DeliveryEvent):
     type: Literal["delivery.completed"] = "delivery.completed"
     sent: int
     failed: int
+    total: int
+    cancelled: int = 0  # contract §6
+
+
+class DeliveryCancelled(DeliveryEvent):
+    """Contract §6: `sent` counts the recipients recorded as sent when the cancel committed."""
+
+    type: Literal["delivery.cancelled"] = "delivery.cancelled"
+    sent: int
+    cancelled: int
     total: int
 
 
@@ -252,10 +299,11 @@ class AccountDeleted(Event):
 
 EVENT_TYPES: tuple[type[Event], ...] = (
     DeliveryAccepted, DeliveryRejected, MailSent, MailDeferred, MailFailed, DeliveryCompleted,
-    AccountPaused, AccountResumed, AccountThrottled, AccountCreated, AccountUpdated,
-    AccountDeleted,
+    DeliveryCancelled, AccountPaused, AccountResumed, AccountThrottled, AccountCreated,
+    AccountUpdated, AccountDeleted,
 )
-MESSAGE_TYPES: tuple[type[BaseModel], ...] = (DeliveryRequest, SendJob, *EVENT_TYPES)
+MESSAGE_TYPES: tuple[type[BaseModel], ...] = (DeliveryRequest, DeliveryCancel, SendJob,
+                                              *EVENT_TYPES)
 
 
 def routing_key(event: Event) -> str:

@@ -72,6 +72,21 @@ class Topology:
     def account_queue(self, account_id: str) -> str:
         return f"{self.prefix}.send.{account_id}"
 
+    def urgent_queue(self, account_id: str) -> str:
+        """The account's second queue, for `priority: high`: its worker looks there first
+        (quorum queues on RabbitMQ 3.10 have no priorities)."""
+        return f"{self.prefix}.send.{account_id}.urgent"
+
+    @staticmethod
+    def send_key(account_id: str, urgent: bool = False) -> str:
+        """The routing key of an account's jobs on `mail.send` and `mail.retry.back`."""
+        return f"{account_id}.urgent" if urgent else account_id
+
+    def send_queues(self, account_id: str) -> tuple[tuple[str, str], tuple[str, str]]:
+        """(queue, routing key) of the account's normal and urgent queues."""
+        return ((self.account_queue(account_id), self.send_key(account_id)),
+                (self.urgent_queue(account_id), self.send_key(account_id, urgent=True)))
+
     def retry_name(self, delay_s: int) -> str:
         """Both the exchange and the queue of one retry tier."""
         return f"{self.prefix}.retry.{delay_label(delay_s)}"
@@ -125,7 +140,8 @@ class Topology:
                 "x-delivery-limit": self.request_delivery_limit,
             },
         )
-        await requests.bind(self.requests_exchange, routing_key="delivery.request")
+        for key in ("delivery.request", "delivery.cancel"):
+            await requests.bind(self.requests_exchange, routing_key=key)
 
         await channel.declare_exchange(
             self.retry_back_exchange, ExchangeType.DIRECT, durable=True,
@@ -146,22 +162,32 @@ class Topology:
         binding the queue if missing). A robust channel's own declare_queue returns its cached
         first answer."""
         underlay = await channel.get_underlay_channel()
-        name = self.account_queue(account_id)
-        answer = await underlay.queue_declare(
-            name, durable=True, arguments=self.account_queue_arguments())
-        for exchange in (self.send_exchange, self.retry_back_exchange):
-            await underlay.queue_bind(name, exchange, routing_key=account_id)
-        return answer.message_count or 0
+        waiting = 0
+        for name, key in self.send_queues(account_id):
+            answer = await underlay.queue_declare(
+                name, durable=True, arguments=self.account_queue_arguments())
+            for exchange in (self.send_exchange, self.retry_back_exchange):
+                await underlay.queue_bind(name, exchange, routing_key=key)
+            waiting += answer.message_count or 0
+        return waiting
 
     async def declare_account_queue(
         self, channel: AbstractChannel, account_id: str
     ) -> AbstractQueue:
-        queue = await channel.declare_queue(
-            self.account_queue(account_id), durable=True, arguments=self.account_queue_arguments()
-        )
-        await queue.bind(self.send_exchange, routing_key=account_id)
-        await queue.bind(self.retry_back_exchange, routing_key=account_id)
-        return queue
+        """The account's queue and its urgent queue; returns the first."""
+        return (await self.declare_account_queues(channel, account_id))[0]
+
+    async def declare_account_queues(
+        self, channel: AbstractChannel, account_id: str
+    ) -> tuple[AbstractQueue, AbstractQueue]:
+        queues = []
+        for name, key in self.send_queues(account_id):
+            queue = await channel.declare_queue(
+                name, durable=True, arguments=self.account_queue_arguments())
+            await queue.bind(self.send_exchange, routing_key=key)
+            await queue.bind(self.retry_back_exchange, routing_key=key)
+            queues.append(queue)
+        return queues[0], queues[1]
 
 
 async def _replace_classic_retry_queue(channel: AbstractChannel, name: str,

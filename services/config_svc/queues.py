@@ -27,17 +27,27 @@ class AccountQueues:
         return await self._topology.account_queue_depth(self._channel, account_id)
 
     async def remove(self, account_id: str, reason: str) -> int:
-        """Moves what waits in the queue to mail.dead (reason in headers), then deletes it.
+        """Moves what waits in the account's two queues to mail.dead (reason in headers), then
+        deletes them.
 
         Quorum queues refuse an if-empty delete, so the depth is checked again after moving:
         a message that arrived meanwhile (a retry coming back) is moved too, not dropped.
         """
         moved = 0
-        queue = await self._topology.declare_account_queue(self._channel, account_id)
-        while waiting := await self.waiting(account_id):
-            moved += await self._move_to_dead(queue, account_id, reason, waiting)
-        await queue.delete(if_unused=False, if_empty=False)
-        log.info("account queue removed", account_id=account_id, moved_to_dead=moved,
+        queues = await self._topology.declare_account_queues(self._channel, account_id)
+        underlay = await self._channel.get_underlay_channel()
+        while True:
+            found = 0
+            for queue in queues:
+                declared = await underlay.queue_declare(queue.name, passive=True)
+                if waiting := declared.message_count or 0:
+                    found += waiting
+                    moved += await self._move_to_dead(queue, account_id, reason, waiting)
+            if not found:
+                break
+        for queue in queues:
+            await queue.delete(if_unused=False, if_empty=False)
+        log.info("account queues removed", account_id=account_id, moved_to_dead=moved,
                  reason=reason)
         return moved
 

@@ -1,30 +1,55 @@
-"""Delivery status over HTTP (port 8081), with the same bearer tokens as the accounts API."""
+"""Deliveries over HTTP (port 8081), with the same bearer tokens as the accounts API: their
+status, a delivery request for systems without AMQP, and cancel."""
 
+from collections.abc import Awaitable, Callable
 from typing import Annotated, Any, Literal
 
 import asyncpg
-from fastapi import Depends, FastAPI, HTTPException, Query
+from fastapi import Depends, FastAPI, HTTPException, Query, Request
+from fastapi.responses import JSONResponse
 
 from services.dispatcher import repository
+from services.dispatcher.cancel import Canceller
+from services.dispatcher.decode import decode_request, parse_json
+from services.dispatcher.rejection import TOO_LARGE, Rejection
 from shared.api import install_common_handlers, user_dependency
 from shared.auth import TokenVerifier, User
 from shared.http import Health, health_routes
+from shared.messages import DeliveryRequest
 
-State = Literal["new", "queued", "deferred", "sent", "failed", "unknown"]
+State = Literal["new", "scheduled", "queued", "deferred", "sent", "failed", "unknown",
+                "cancelled", "expired"]
+# Publishes a request into `mail.requests` with a confirm: once it returns, it is queued.
+RequestPublisher = Callable[[DeliveryRequest], Awaitable[None]]
+SETTLED = ("sent", "failed", "unknown", "cancelled", "expired")
 
 
-def delivery_state(total: int, counts: dict[str, int], completed: bool) -> str:
-    if completed or (total and counts["sent"] + counts["failed"] + counts["unknown"] == total):
+def delivery_state(row: Any, counts: dict[str, int]) -> str:
+    total = row["total"]
+    if row["completed_at"] is not None or (
+            total and sum(counts[state] for state in SETTLED) == total):
         return "completed"
-    if counts["sent"] or counts["failed"] or counts["unknown"] or counts["deferred"]:
+    if row["cancelled_at"] is not None:
+        return "cancelling"  # what was on the wire when the cancel came is still to settle
+    if row["fanned_out_at"] is None and row["send_at"] is not None:
+        return "scheduled"
+    if any(counts[state] for state in ("deferred", *SETTLED)):
         return "sending"
     return "queued"
 
 
-def create_app(pool: asyncpg.Pool, verifier: TokenVerifier, health: Health) -> FastAPI:
-    app = FastAPI(title="mail-delivery: delivery status", version="1", docs_url="/docs")
+def create_app(pool: asyncpg.Pool, verifier: TokenVerifier, health: Health,
+               canceller: Canceller, publish_request: RequestPublisher,
+               max_request_bytes: int) -> FastAPI:
+    app = FastAPI(title="mail-delivery: deliveries", version="1", docs_url="/docs")
     install_common_handlers(app)
     UserDep = Annotated[User, Depends(user_dependency(verifier))]
+
+    @app.exception_handler(Rejection)
+    async def refused(_request: Request, rejection: Rejection) -> JSONResponse:
+        status = 413 if rejection.reason == TOO_LARGE else 422
+        return JSONResponse({"reason": rejection.reason, "detail": rejection.detail,
+                             "delivery_id": rejection.delivery_id}, status_code=status)
 
     async def visible_delivery(delivery_id: str, user: User) -> asyncpg.Record:
         row = await repository.get_delivery(pool, delivery_id)
@@ -33,6 +58,37 @@ def create_app(pool: asyncpg.Pool, verifier: TokenVerifier, health: Health) -> F
             raise HTTPException(404, f"no delivery {delivery_id}")
         return row
 
+    @app.post("/v1/deliveries", status_code=202)
+    async def request_delivery(request: Request, user: UserDep) -> dict[str, Any]:
+        """The body of a `delivery.request`, decoded as strictly as the AMQP way; once queued
+        it takes the same path (validation, idempotency, events, status)."""
+        body = b""
+        async for chunk in request.stream():
+            body += chunk
+            if len(body) > max_request_bytes:
+                raise Rejection(TOO_LARGE, f"the request is over {max_request_bytes} bytes")
+        delivery = decode_request(body, None, max_request_bytes)
+        if delivery.requested_by is None:
+            delivery = DeliveryRequest.model_validate(
+                {**parse_json(body), "requested_by": user.sub})
+        elif delivery.requested_by != user.sub and not user.is_admin:
+            raise HTTPException(403, "requested_by may name only yourself (administrators "
+                                "may name anyone)")
+        await publish_request(delivery)
+        return {"delivery_id": delivery.delivery_id,
+                "status": f"/v1/deliveries/{delivery.delivery_id}"}
+
+    @app.post("/v1/deliveries/{delivery_id}/cancel")
+    async def cancel(delivery_id: str, user: UserDep, request: Request) -> dict[str, Any]:
+        body = (await request.body()).strip()
+        if body not in (b"", b"{}"):
+            raise HTTPException(422, "the cancel takes an empty body or {}")
+        await visible_delivery(delivery_id, user)  # its requester or an administrator
+        done = await canceller.cancel(delivery_id, user.sub)
+        if done is None:
+            raise HTTPException(404, f"no delivery {delivery_id}")
+        return done.as_json()
+
     @app.get("/v1/deliveries/{delivery_id}")
     async def status(delivery_id: str, user: UserDep) -> dict[str, Any]:
         row = await visible_delivery(delivery_id, user)
@@ -40,15 +96,22 @@ def create_app(pool: asyncpg.Pool, verifier: TokenVerifier, health: Health) -> F
         return {
             "delivery_id": delivery_id,
             "account_id": str(row["account_id"]),
-            "state": delivery_state(row["total"], counts, row["completed_at"] is not None),
+            "state": delivery_state(row, counts),
             "total": row["total"],
             "queued": counts["new"] + counts["queued"],
+            "scheduled": counts["scheduled"],
             "sent": counts["sent"],
             "deferred": counts["deferred"],
             "failed": counts["failed"],
             "unknown": counts["unknown"],
+            "cancelled": counts["cancelled"],
+            "expired": counts["expired"],
+            "priority": row["priority"],
+            "send_at": row["send_at"],
+            "expires_at": row["expires_at"],
             "created_at": row["created_at"],
             "accepted_at": row["accepted_at"],
+            "cancelled_at": row["cancelled_at"],
             "completed_at": row["completed_at"],
             "metadata": row["metadata"],
         }

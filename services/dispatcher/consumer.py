@@ -1,19 +1,22 @@
-"""The request queue's consumer: the edge between AMQP messages and `Intake`."""
+"""The request queue's consumer: the edge between AMQP messages and `Intake` (routing key
+`delivery.request`) or `CancelIntake` (`delivery.cancel`)."""
 
 import asyncio
 
 import structlog
 from aio_pika.abc import AbstractIncomingMessage, AbstractQueue
 
+from services.dispatcher.cancel import CANCEL_KEY, CancelIntake
 from services.dispatcher.intake import Intake
 
 log = structlog.get_logger(__name__)
 
 
 class RequestConsumer:
-    def __init__(self, queue: AbstractQueue, intake: Intake) -> None:
+    def __init__(self, queue: AbstractQueue, intake: Intake, cancels: CancelIntake) -> None:
         self._queue = queue
         self._intake = intake
+        self._cancels = cancels
         self._tag: str | None = None
         self._in_hand: set[asyncio.Task] = set()
 
@@ -30,7 +33,8 @@ class RequestConsumer:
         self._in_hand.add(task)
         structlog.contextvars.clear_contextvars()
         try:
-            outcome = await self._intake.handle(message.body, message.message_id)
+            handler = self._cancels if message.routing_key == CANCEL_KEY else self._intake
+            outcome = await handler.handle(message.body, message.message_id)
         except Exception:
             # The database or the broker failed, not the request: try it again later.
             # Each try counts toward the queue's delivery limit, after which it goes to

@@ -51,23 +51,29 @@ class FanOut:
         if message.message_id:
             self._returned.add(message.message_id)
 
-    async def publish(self, db: asyncpg.Connection, delivery_id: str, account_id: str) -> int:
-        """Publishes the jobs of every recipient not yet queued; returns how many. The caller
-        has checked that the account's queue is there (`require_queue`)."""
+    async def publish(self, db: asyncpg.Connection, delivery_id: str, account_id: str,
+                      urgent: bool = False) -> int:
+        """Publishes the jobs of every recipient not yet queued, to the account's urgent queue
+        for `priority: high`; returns how many. The caller has checked that the queue is
+        there (`require_queue`)."""
         if self._exchange is None:
             self._exchange = await self._channel.get_exchange(self._topology.send_exchange)
         pending = await repository.not_queued(db, delivery_id)
+        key = self._topology.send_key(account_id, urgent)
         for start in range(0, len(pending), self._window):
             window = pending[start:start + self._window]
-            await self._publish_window(db, delivery_id, account_id, window)
+            await self._publish_window(db, delivery_id, account_id, key, window)
         return len(pending)
 
-    async def require_queue(self, account_id: str) -> None:
-        """config_svc declares an account's queue; the dispatcher only checks that it is there
-        (a passive declare needs no permission: it may not read account queues)."""
+    async def require_queue(self, account_id: str, urgent: bool = False) -> None:
+        """config_svc declares an account's queues; the dispatcher only checks that the one
+        it publishes to is there (a passive declare needs no permission: it may not read
+        account queues)."""
+        name = (self._topology.urgent_queue if urgent else self._topology.account_queue)(
+            account_id)
         channel = await self._connection.channel()
         try:
-            await channel.declare_queue(self._topology.account_queue(account_id), passive=True)
+            await channel.declare_queue(name, passive=True)
         except aio_pika.exceptions.ChannelNotFoundEntity:
             raise Unroutable(f"no queue for account {account_id}") from None
         finally:
@@ -75,7 +81,7 @@ class FanOut:
                 await channel.close()
 
     async def _publish_window(self, db: asyncpg.Connection, delivery_id: str, account_id: str,
-                              rows: Sequence[Any]) -> None:
+                              key: str, rows: Sequence[Any]) -> None:
         jobs = [
             SendJob(job_id=f"{delivery_id}:{row['idx']}", delivery_id=delivery_id,
                     account_id=account_id, index=row["idx"], email=row["email"],
@@ -92,7 +98,7 @@ class FanOut:
                 await self._exchange.publish(
                     make_message(job, message_id=job.job_id, headers=headers,
                                  type_="mail.send"),
-                    routing_key=account_id, mandatory=True,
+                    routing_key=key, mandatory=True,
                 )
             await transaction.commit()
             returned = self._returned & {job.job_id for job in jobs}

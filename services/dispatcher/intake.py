@@ -1,6 +1,7 @@
 """A delivery request from bytes to `delivery.accepted` or `delivery.rejected`."""
 
 import hashlib
+from datetime import UTC, datetime
 
 import asyncpg
 import structlog
@@ -24,16 +25,17 @@ class DeadLetters:
         self._channel = channel  # a confirmed channel: acked only once it is in mail.dead
         self._topology = topology
 
-    async def send(self, body: bytes, message_id: str | None, rejection: Rejection) -> None:
+    async def send(self, body: bytes, message_id: str | None, rejection: Rejection,
+                   routing_key: str = "delivery.request") -> None:
         headers = {
             "x-reason": rejection.reason,
             "x-detail": rejection.detail[:1000],
             "x-delivery-id": rejection.delivery_id or "",
             "x-original-exchange": self._topology.requests_exchange,
-            "x-original-routing-key": "delivery.request",
+            "x-original-routing-key": routing_key,
         }
         dead = await self._channel.get_exchange(self._topology.dead_exchange, ensure=False)
-        await publish(dead, "delivery.request",
+        await publish(dead, routing_key,
                       make_message(body, message_id=message_id or "", headers=headers))
 
 
@@ -58,41 +60,51 @@ class Intake:
     async def _accept(self, body: bytes, message_id: str | None) -> str:
         request = decode_request(body, message_id, self._max_bytes)
         structlog.contextvars.bind_contextvars(delivery_id=request.delivery_id)
-        sha256 = hashlib.sha256(body).digest()
+        # The same request whatever its spelling (by HTTP or AMQP); the first version stored
+        # the hash of the bytes, which a byte-identical repeat still matches.
+        sha256 = hashlib.sha256(request.canonical()).digest()
+        urgent = request.priority == "high"
+        scheduled = request.send_at is not None and request.send_at > datetime.now(UTC)
         async with repository.delivery_lock(self._pool, request.delivery_id) as db:
             stored = await repository.get_delivery(db, request.delivery_id)
-            if stored is not None and stored["request_sha256"] != sha256:
+            if stored is not None and stored["request_sha256"] not in (
+                    sha256, hashlib.sha256(body).digest()):
                 raise Rejection(DUPLICATE_DELIVERY, "a different request with this delivery_id "
                                 "was accepted before; nothing of this one is sent",
                                 request.delivery_id)
             if stored is not None and stored["accepted_at"] is not None:
-                return "already accepted"  # a byte-identical repeat
+                return "already accepted"  # a repeat
             if stored is None:
                 prepared = prepare(request, await repository.find_account(
                     self._pool, request.account_id))
-                await self._require_queue(prepared.account_id, request.delivery_id)
-                await repository.store(db, prepared, sha256)
+                await self._require_queue(prepared.account_id, request.delivery_id, urgent)
+                await repository.store(db, prepared, sha256, scheduled)
                 account_id, total = prepared.account_id, len(prepared.recipients)
             else:  # redelivered after a crash half-way: publish only what is not queued yet
                 account_id, total = str(stored["account_id"]), stored["total"]
                 # Stored already: a queue gone now is a fault to retry, not a refusal.
-                await self._fanout.require_queue(account_id)
+                await self._fanout.require_queue(account_id, urgent)
             structlog.contextvars.bind_contextvars(account_id=account_id)
-            published = await self._fanout.publish(db, request.delivery_id, account_id)
+            published = 0
+            if not scheduled:  # else the schedule fans it out at its time (schedule.py)
+                published = await self._fanout.publish(db, request.delivery_id, account_id,
+                                                        urgent)
             await self._events.publish(DeliveryAccepted(
                 event_id=stable_event_id(request.delivery_id, "accepted"),
                 delivery_id=request.delivery_id, metadata=request.metadata,
-                account_id=account_id, recipients=total))
-            await repository.mark_accepted(db, request.delivery_id)
-        log.info("delivery accepted", recipients=total, published_now=published)
-        return "accepted"
+                account_id=account_id, recipients=total,
+                send_at=request.send_at if scheduled else None))
+            await repository.mark_accepted(db, request.delivery_id, fanned_out=not scheduled)
+        log.info("delivery accepted", recipients=total, published_now=published,
+                 send_at=request.send_at.isoformat() if scheduled and request.send_at else None)
+        return "scheduled" if scheduled else "accepted"
 
-    async def _require_queue(self, account_id: str, delivery_id: str) -> None:
+    async def _require_queue(self, account_id: str, delivery_id: str, urgent: bool) -> None:
         """Before anything is stored: a request whose account has no queue (deleted a moment
         ago, or its creation unfinished) is refused at once, not retried into the dead
         letters without a word."""
         try:
-            await self._fanout.require_queue(account_id)
+            await self._fanout.require_queue(account_id, urgent)
         except Unroutable as error:
             raise Rejection(UNKNOWN_ACCOUNT, f"{error}: the account is being deleted, or its "
                             "creation did not finish; nothing was sent", delivery_id) from None

@@ -1,18 +1,29 @@
-"""The dispatcher's composition root: settings, connections, consumer, status API."""
+"""The dispatcher's composition root: settings, connections, consumer, schedule, API."""
 
+import asyncio
+import contextlib
 from pathlib import Path
 
 import structlog
 
 from services.dispatcher.api import create_app
+from services.dispatcher.cancel import CancelIntake, Canceller
 from services.dispatcher.consumer import RequestConsumer
 from services.dispatcher.fanout import FanOut
 from services.dispatcher.intake import DeadLetters, Intake
+from services.dispatcher.schedule import Schedule
 from services.dispatcher.settings import DispatcherSettings
 from shared.auth import TokenVerifier
 from shared.http import Health, HttpServer
+from shared.messages import DeliveryRequest
 from shared.runtime import connected, stop_on_signals
-from shared.topology import EventPublisher, Topology, open_confirmed_channel
+from shared.topology import (
+    EventPublisher,
+    Topology,
+    make_message,
+    open_confirmed_channel,
+    publish,
+)
 
 SERVICE = "dispatcher"
 MIGRATIONS = Path(__file__).parent / "migrations"
@@ -28,26 +39,36 @@ async def serve(settings: DispatcherSettings) -> None:
     async with connected(settings, SERVICE, schemas) as (pool, connection):
         confirmed = await open_confirmed_channel(connection)
         await topology.declare(confirmed)
-        intake = Intake(
-            pool, await FanOut.open(connection, topology, settings.fanout_window),
-            EventPublisher(confirmed, topology), DeadLetters(confirmed, topology),
-            settings.max_request_bytes,
-        )
+        fanout = await FanOut.open(connection, topology, settings.fanout_window)
+        events, dead = EventPublisher(confirmed, topology), DeadLetters(confirmed, topology)
+        intake = Intake(pool, fanout, events, dead, settings.max_request_bytes)
+        canceller = Canceller(pool, events)
         consuming = await connection.channel()
         await consuming.set_qos(prefetch_count=settings.request_prefetch)
         queue = await consuming.get_queue(topology.requests_queue)
-        consumer = RequestConsumer(queue, intake)
+        consumer = RequestConsumer(queue, intake, CancelIntake(canceller, dead))
+        requests = await confirmed.get_exchange(topology.requests_exchange, ensure=False)
+
+        async def publish_request(request: DeliveryRequest) -> None:
+            body = request.model_dump_json(exclude_none=True).encode()
+            await publish(requests, "delivery.request", make_message(
+                body, message_id=request.delivery_id, type_="delivery.request"))
 
         health = Health()
         health.add_check("broker", lambda: not connection.is_closed)
         health.add_check("database", lambda: not pool.is_closing())
         health.add_check("consuming", lambda: consumer.consuming)
-        server = HttpServer(create_app(pool, verifier, health), settings.http_host,
-                            settings.http_port)
+        app = create_app(pool, verifier, health, canceller, publish_request,
+                         settings.max_request_bytes)
+        server = HttpServer(app, settings.http_host, settings.http_port)
         stop = stop_on_signals()
         await server.start()
         await consumer.start()
+        schedule = asyncio.create_task(Schedule(pool, fanout, settings.schedule_poll_s).run())
         log.info("dispatcher ready", port=settings.http_port)
         await stop.wait()
+        schedule.cancel()
+        with contextlib.suppress(asyncio.CancelledError):
+            await schedule
         await consumer.stop(settings.shutdown_grace_s)
         await server.stop()

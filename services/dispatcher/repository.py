@@ -8,7 +8,10 @@ import asyncpg
 
 from services.dispatcher.validate import PreparedDelivery, account_uuid
 
-RECIPIENT_STATES = ("new", "queued", "deferred", "sent", "failed", "unknown")
+RECIPIENT_STATES = ("new", "scheduled", "queued", "deferred", "sent", "failed", "unknown",
+                    "cancelled", "expired")
+# A cancel settles these: every recipient whose job is not yet sent (or settled otherwise).
+CANCELLABLE = ["new", "scheduled", "queued", "deferred"]
 
 
 async def find_account(db: asyncpg.Pool, account_id: str | None) -> asyncpg.Record | None:
@@ -40,23 +43,26 @@ async def get_delivery(db: asyncpg.Connection | asyncpg.Pool,
     return await db.fetchrow("SELECT * FROM deliveries WHERE delivery_id = $1", delivery_id)
 
 
-async def store(db: asyncpg.Connection, prepared: PreparedDelivery, sha256: bytes) -> None:
-    """The delivery and one row per recipient, in one transaction."""
+async def store(db: asyncpg.Connection, prepared: PreparedDelivery, sha256: bytes,
+                scheduled: bool) -> None:
+    """The delivery and one row per recipient, in one transaction; a scheduled delivery's
+    recipients wait as `scheduled` until its `send_at`."""
     request = prepared.request
     async with db.transaction():
         await db.execute(
             "INSERT INTO deliveries (delivery_id, request_sha256, account_id, requested_by, "
-            "subject, text_body, html_body, headers, metadata, total) "
-            "VALUES ($1, $2, $3, $4, $5, $6, $7, $8, $9, $10)",
+            "subject, text_body, html_body, headers, metadata, total, priority, send_at, "
+            "expires_at) VALUES ($1, $2, $3, $4, $5, $6, $7, $8, $9, $10, $11, $12, $13)",
             request.delivery_id, sha256, prepared.account_id, request.requested_by,
             request.subject, request.text, request.html, request.headers, request.metadata,
-            len(prepared.recipients),
+            len(prepared.recipients), request.priority, request.send_at, request.expires_at,
         )
+        state = "scheduled" if scheduled else "new"
         await db.copy_records_to_table(
             "delivery_recipients",
-            columns=["delivery_id", "idx", "email", "name", "vars"],
+            columns=["delivery_id", "idx", "email", "name", "vars", "state"],
             records=(
-                (request.delivery_id, index, r.email, r.name, r.vars)
+                (request.delivery_id, index, r.email, r.name, r.vars, state)
                 for index, r in enumerate(prepared.recipients)
             ),
         )
@@ -66,7 +72,7 @@ async def not_queued(db: asyncpg.Connection, delivery_id: str) -> list[asyncpg.R
     """Recipients whose job the broker has not yet confirmed, in order."""
     return await db.fetch(
         "SELECT idx, email, name, vars FROM delivery_recipients "
-        "WHERE delivery_id = $1 AND state = 'new' ORDER BY idx",
+        "WHERE delivery_id = $1 AND state IN ('new', 'scheduled') ORDER BY idx",
         delivery_id,
     )
 
@@ -74,16 +80,80 @@ async def not_queued(db: asyncpg.Connection, delivery_id: str) -> list[asyncpg.R
 async def mark_queued(db: asyncpg.Connection, delivery_id: str, indexes: Sequence[int]) -> None:
     await db.execute(
         "UPDATE delivery_recipients SET state = 'queued', queued_at = now(), updated_at = now() "
-        "WHERE delivery_id = $1 AND idx = ANY($2::int[]) AND state = 'new'",
+        "WHERE delivery_id = $1 AND idx = ANY($2::int[]) AND state IN ('new', 'scheduled')",
         delivery_id, list(indexes),
     )
 
 
-async def mark_accepted(db: asyncpg.Connection, delivery_id: str) -> None:
+async def mark_accepted(db: asyncpg.Connection, delivery_id: str, fanned_out: bool) -> None:
     await db.execute(
-        "UPDATE deliveries SET accepted_at = now() WHERE delivery_id = $1 AND accepted_at IS NULL",
-        delivery_id,
+        "UPDATE deliveries SET accepted_at = now(), "
+        "fanned_out_at = CASE WHEN $2 THEN now() END "
+        "WHERE delivery_id = $1 AND accepted_at IS NULL",
+        delivery_id, fanned_out,
     )
+
+
+async def mark_fanned_out(db: asyncpg.Connection, delivery_id: str) -> None:
+    await db.execute(
+        "UPDATE deliveries SET fanned_out_at = now() WHERE delivery_id = $1 "
+        "AND fanned_out_at IS NULL", delivery_id)
+
+
+async def due(db: asyncpg.Connection, limit: int) -> list[str]:
+    """Scheduled deliveries whose time has come, the earliest first."""
+    rows = await db.fetch(
+        "SELECT delivery_id FROM deliveries WHERE fanned_out_at IS NULL AND send_at <= now() "
+        "AND accepted_at IS NOT NULL AND cancelled_at IS NULL ORDER BY send_at LIMIT $1",
+        limit)
+    return [row["delivery_id"] for row in rows]
+
+
+async def next_due_in_s(db: asyncpg.Connection) -> float | None:
+    """Seconds until the next scheduled delivery is due (None: none waits)."""
+    return await db.fetchval(
+        "SELECT extract(epoch FROM min(send_at) - now())::float8 FROM deliveries "
+        "WHERE fanned_out_at IS NULL AND accepted_at IS NOT NULL AND cancelled_at IS NULL")
+
+
+async def account_deleted(db: asyncpg.Connection, account_id: str) -> bool:
+    return bool(await db.fetchval(
+        "SELECT deleted_at IS NOT NULL FROM accounts WHERE id = $1", account_id))
+
+
+async def cancel(db: asyncpg.Connection, delivery_id: str,
+                 requested_by: str | None) -> asyncpg.Record | None:
+    """Every recipient not yet sent becomes `cancelled`, once: a second cancel changes
+    nothing and returns the first one's counts. The delivery row's lock orders the cancel
+    with the sender's outcomes (they update it too): a 250 recorded before it counts as sent,
+    one recorded after it (a transaction already on the wire) moves from cancelled to sent.
+    The delivery completes here when nothing else is left to settle."""
+    async with db.transaction():
+        row = await db.fetchrow(
+            "SELECT cancelled_at FROM deliveries WHERE delivery_id = $1 FOR UPDATE",
+            delivery_id)
+        if row is None:
+            return None
+        if row["cancelled_at"] is None:
+            count = await db.fetchval(
+                "WITH c AS (UPDATE delivery_recipients SET state = 'cancelled', "
+                "updated_at = now() WHERE delivery_id = $1 AND state = ANY($2::text[]) "
+                "RETURNING 1) SELECT count(*) FROM c", delivery_id, CANCELLABLE)
+            await db.execute(
+                "UPDATE deliveries SET cancelled_at = now(), cancelled_by = $2, "
+                "cancelled = cancelled + $3, cancel_count = $3, cancel_sent = sent, "
+                "completed_at = CASE WHEN completed_at IS NULL "
+                "AND sent + failed + unknown + cancelled + $3 = total THEN now() "
+                "ELSE completed_at END WHERE delivery_id = $1",
+                delivery_id, requested_by, count)
+        return await db.fetchrow("SELECT * FROM deliveries WHERE delivery_id = $1",
+                                 delivery_id)
+
+
+async def mark_cancel_announced(db: asyncpg.Pool, delivery_id: str) -> None:
+    await db.execute(
+        "UPDATE deliveries SET cancel_announced_at = now() WHERE delivery_id = $1 "
+        "AND cancel_announced_at IS NULL", delivery_id)
 
 
 async def recipient_counts(db: asyncpg.Pool, delivery_id: str) -> dict[str, int]:

@@ -14,3 +14,6 @@ class DispatcherSettings(ApiSettings):
     fanout_window: int = Field(
         1000, ge=1, le=50_000, description="Jobs published per broker transaction."
     )
+    schedule_poll_s: float = Field(
+        1.0, gt=0, le=60, description="How often the schedule owner looks for scheduled "
+        "deliveries that are due (it also wakes at the next one's time).")

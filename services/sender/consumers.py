@@ -7,10 +7,15 @@ again, beside our own bookkeeping. Here the supervisor alone decides what is con
 the accounts table: whatever is lost (a connection, a channel that failed, a consumer the
 broker cancelled) is reported through `on_lost`, and the supervisor subscribes again what
 should be consumed.
+
+Each account has two queues, its own and its urgent one (`priority: high`), consumed as a
+pair on one channel, prefetch 1 each, by the same worker; the pair is subscribed, cancelled
+and lost together.
 """
 
 import asyncio
 import contextlib
+import functools
 from collections.abc import Awaitable, Callable
 from dataclasses import dataclass, field
 from typing import Any
@@ -24,12 +29,20 @@ from shared.topology import Topology
 log = structlog.get_logger(__name__)
 
 LostHook = Callable[[list[str], str], None]
+OnMessage = Callable[[Any, bool], Awaitable[None]]  # (message, from the urgent queue)
+
+
+async def _deliver(on_message: OnMessage, urgent: bool, message: Any) -> None:
+    await on_message(message, urgent)
 
 
 @dataclass(eq=False)
 class _Slot:
     channel: AbstractChannel
     tags: dict[str, str] = field(default_factory=dict)  # consumer tag -> account id
+    # normal queue's consumer tag -> the urgent queue and its consumer tag, and back
+    urgent: dict[str, tuple[AbstractQueue, str]] = field(default_factory=dict)
+    pair_of: dict[str, str] = field(default_factory=dict)
 
 
 class ConsumerChannels:
@@ -51,29 +64,41 @@ class ConsumerChannels:
         return (connection is not None and not connection.is_closed
                 and connection.connected.is_set())
 
-    async def consume(self, account_id: str,
-                      on_message: Callable[[Any], Awaitable[None]]) -> tuple[AbstractQueue, str]:
+    async def consume(self, account_id: str, on_message: OnMessage) -> tuple[AbstractQueue, str]:
+        """Consumes the account's two queues; returns its own queue and consumer tag, which
+        stand for the pair."""
         try:
             slot = await self._slot_with_room()
         except Exception:
             self._forget_connection()
             raise
         try:
-            queue = await self._topology.declare_account_queue(slot.channel, account_id)
-            tag = await queue.consume(on_message)
+            queue, urgent = await self._topology.declare_account_queues(slot.channel,
+                                                                         account_id)
+            urgent_tag = await urgent.consume(functools.partial(_deliver, on_message, True))
+            tag = await queue.consume(functools.partial(_deliver, on_message, False))
         except Exception:
             # A channel whose command failed may be closed, or out of step with the broker:
             # closed here; the consumers it carried are reported lost and moved.
             await self._discard(slot, "a command on the channel failed")
             raise
         slot.tags[tag] = account_id
+        slot.urgent[tag] = (urgent, urgent_tag)
+        slot.pair_of[urgent_tag] = tag
         return queue, tag
 
     async def cancel(self, queue: AbstractQueue, tag: str) -> None:
+        pairs = []
         for slot in self._slots:
             slot.tags.pop(tag, None)
+            if (pair := slot.urgent.pop(tag, None)) is not None:
+                slot.pair_of.pop(pair[1], None)
+                pairs.append(pair)
         with contextlib.suppress(Exception):  # a closed channel has no consumer anyway
             await queue.cancel(tag)
+        for urgent, urgent_tag in pairs:
+            with contextlib.suppress(Exception):
+                await urgent.cancel(urgent_tag)
 
     def _forget_connection(self) -> None:
         """A connection that cannot open a channel is given up; the next try connects anew."""
@@ -138,11 +163,31 @@ class ConsumerChannels:
             self._on_lost(lost, "channel closed")
 
     def _cancelled(self, slot: _Slot, tag: str) -> None:
+        # Either queue of a pair: the other one's consumer is cancelled too, and the pair is
+        # subscribed again as one.
+        tag = slot.pair_of.pop(tag, None) or tag
         account = slot.tags.pop(tag, None)
-        if account is not None and not self._closing:
+        pair = slot.urgent.pop(tag, None)
+        if account is None:
+            return
+        partners = [tag] + ([pair[1]] if pair else [])
+        for each in partners:
+            slot.pair_of.pop(each, None)
+        task = asyncio.ensure_future(self._cancel_consumers(slot, partners))
+        task.add_done_callback(lambda t: t.cancelled() or t.exception())
+        if not self._closing:
             # The queue was deleted (an account removed) or lost its leader in a cluster.
             log.warning("consumer cancelled by the broker", account_id=account)
             self._on_lost([account], "cancelled by the broker")
+
+    @staticmethod
+    async def _cancel_consumers(slot: _Slot, tags: list[str]) -> None:
+        """The broker cancelled one of them: the other goes too (cancelling the one already
+        gone is harmless)."""
+        underlay = await slot.channel.get_underlay_channel()
+        for tag in tags:
+            with contextlib.suppress(Exception):
+                await underlay.basic_cancel(tag)
 
     async def _discard(self, slot: _Slot, why: str) -> None:
         self._lost_slot(slot, why)

@@ -40,3 +40,6 @@ CONSUMERS_LOST = Counter("mail_sender_consumers_lost_total",
                          "and subscribed again.", ["why"])
 SWEPT = Counter("mail_sender_swept_total",
                 "Recipients of deleted accounts settled as failed by the sweep.")
+SKIPPED = Counter("mail_sender_skipped_jobs_total",
+                  "Jobs acked without a turn: their recipient was cancelled or had expired.",
+                  ["account_id"])

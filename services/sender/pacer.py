@@ -86,13 +86,17 @@ class Pacer:
         self.ended_at = 0.0  # end of the last transaction that reached the server
         self._lease_until = 0.0  # before it the lease is surely ours
 
+    def ready_at(self) -> float:
+        """When the pause after the last send ends, as far as this worker knows."""
+        return max(self.ended_at + self.interval_ms / 1000, self.not_before)
+
     @property
     def holds_lease(self) -> bool:
         return self._lease_until > self._clock.now()
 
     async def turn(self) -> None:
         """Returns when this worker holds the account's lease and the pause is over."""
-        pause_end = max(self.ended_at + self.interval_ms / 1000, self.not_before)
+        pause_end = self.ready_at()
         if (not self.counts_quotas
                 and self._lease_until - max(self._clock.now(), pause_end) >= LEASE_MARGIN_S):
             # Still ours since our last send: no other sender has sent since.

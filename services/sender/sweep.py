@@ -32,7 +32,7 @@ async def orphans(db: asyncpg.Connection, grace: timedelta,
         "SELECT r.delivery_id, r.idx, r.email, r.attempts, d.account_id, d.metadata "
         "FROM delivery_recipients r JOIN deliveries d USING (delivery_id) "
         "JOIN accounts a ON a.id = d.account_id "
-        "WHERE r.state IN ('new', 'queued', 'deferred') AND a.deleted_at IS NOT NULL "
+        "WHERE r.state IN ('new', 'scheduled', 'queued', 'deferred') AND a.deleted_at IS NOT NULL "
         "AND a.deleted_at < now() - $1::interval ORDER BY r.delivery_id, r.idx LIMIT $2",
         grace, limit)
 

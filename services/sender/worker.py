@@ -36,6 +36,7 @@ from services.sender.pacer import Pacer, QuotaReached
 from services.sender.parts import SenderParts
 from services.sender.recorder import Recorder
 from services.sender.throttle import RateLearner
+from services.sender.turns import Turns
 from shared.accounts import smtp_endpoint
 from shared.crypto import UndecryptableSecret
 from shared.messages import (
@@ -97,6 +98,11 @@ def _channel_open(message: AbstractIncomingMessage) -> bool:
         return False
 
 
+def expired(row: Any) -> bool:
+    """The recipient's delivery has an `expires_at`, and it has passed."""
+    return row["expires_at"] is not None and datetime.now(UTC) >= row["expires_at"]
+
+
 def clean_text(text: str) -> str:
     """A server's words as the database and JSON take them: aiosmtplib keeps bytes that are
     not UTF-8 as surrogates, and PostgreSQL refuses NUL; a record that can never be written
@@ -113,12 +119,14 @@ class AccountWorker:
         self.token = f"{parts.settings.replica_id}/{secrets.token_hex(4)}"
         self._lease = ledger.AccountLease(parts.pool, self.account_id)
         self.pacer = Pacer(self._lease, self.token, ttl_s=parts.settings.lease_ttl_s)
+        self.turns = Turns(self.pacer.ready_at)  # an urgent job first, when the pause ends
         self._follow(account)
         self._recorder = Recorder(parts.pool, self.account_id, self.token, parts.database)
         self._session: SmtpSession | None = None
         self._session_stale = False  # the account changed during a send: reopen after it
         self._tasks: set[asyncio.Task] = set()
         self._home: Any | None = None  # the account stood in for, during its job
+        self._urgent = False  # the job in hand came from an urgent queue
         self._connect_failures = 0
         self._successes = 0
         self._quota_replies = 0  # in a row: each doubles the wait before trying again
@@ -186,20 +194,22 @@ class AccountWorker:
 
     # -- the edge -------------------------------------------------------------------------
 
-    async def on_message(self, message: AbstractIncomingMessage) -> None:
-        await self._shielded(message, None)
+    async def on_message(self, message: AbstractIncomingMessage, urgent: bool = False) -> None:
+        await self._shielded(message, None, urgent)
 
-    def standing_in(self, home: Any) -> Callable[[AbstractIncomingMessage], Awaitable[None]]:
-        """The consumer of a paused account's queue while this account stands in for it:
+    def standing_in(self, home: Any) -> Callable[[AbstractIncomingMessage, bool],
+                                                 Awaitable[None]]:
+        """The consumer of a paused account's queues while this account stands in for it:
         its jobs go out through this account's server, pace and quotas, with its From."""
-        async def on_message(message: AbstractIncomingMessage) -> None:
-            await self._shielded(message, home)
+        async def on_message(message: AbstractIncomingMessage, urgent: bool) -> None:
+            await self._shielded(message, home, urgent)
         return on_message
 
-    async def _shielded(self, message: AbstractIncomingMessage, home: Any | None) -> None:
+    async def _shielded(self, message: AbstractIncomingMessage, home: Any | None,
+                        urgent: bool) -> None:
         # The job runs in a task of its own: a channel that closes cancels its consumers'
         # callbacks, and a send cancelled between its 250 and its record would be sent again.
-        task = asyncio.create_task(self._take(message, home))
+        task = asyncio.create_task(self._take(message, home, urgent))
         self._tasks.add(task)
         task.add_done_callback(self._tasks.discard)
         await asyncio.shield(task)
@@ -213,9 +223,17 @@ class AccountWorker:
     def _requested(self) -> str | None:
         return str(self._home["id"]) if self._home is not None else None
 
-    async def _take(self, message: AbstractIncomingMessage, home: Any | None) -> None:
-        async with self.busy:
+    def _key(self, account_id: str) -> str:
+        """The routing key back to the account's queue the job in hand came from."""
+        return self._parts.topology.send_key(account_id, self._urgent)
+
+    async def _take(self, message: AbstractIncomingMessage, home: Any | None,
+                    urgent: bool) -> None:
+        if await self._skip(message, home):
+            return
+        async with self.turns.turn(urgent), self.busy:
             self._home = home
+            self._urgent = urgent
             structlog.contextvars.clear_contextvars()
             structlog.contextvars.bind_contextvars(account_id=self.account_id)
             if home is not None:
@@ -252,13 +270,63 @@ class AccountWorker:
             finally:
                 self._stall(False)
                 self._home = None
+                self._urgent = False
+
+    async def _skip(self, message: AbstractIncomingMessage, home: Any | None) -> bool:
+        """A job that needs no turn, acked at once without waiting for the account's pause:
+        its recipient was cancelled, or is past its delivery's `expires_at` (settled as
+        `expired` here). A cancelled newsletter of 20,000 jobs drains in seconds, not in
+        20,000 pauses. Whatever fails here is left to the job's ordinary path, which reads
+        the ledger again and has the fault handling."""
+        try:
+            job = SendJob.model_validate_json(message.body)
+        except ValidationError:
+            return False
+        queue_account = str(home["id"]) if home is not None else self.account_id
+        if job.account_id != queue_account:
+            return False
+        try:
+            row = await ledger.recipient(self._parts.pool, job.delivery_id, job.index)
+            if row is None:
+                return False
+            if row["state"] not in ("cancelled", "expired"):
+                if row["state"] in ledger.SETTLED or not expired(row):
+                    return False
+                await self._expire(job, row, queue_account)
+            await message.ack()
+        except Exception:
+            log.warning("skipping a cancelled or expired job failed; it takes its turn",
+                        exc_info=True, delivery_id=job.delivery_id, index=job.index)
+            return False
+        metrics.SKIPPED.labels(self.account_id).inc()
+        return True
+
+    async def _expire(self, job: SendJob, row: Any, account_id: str) -> None:
+        """Contract §6: not sent at all, `mail.failed` with reason `expired`, no server
+        asked."""
+        text = f"not sent by the delivery's expires_at ({row['expires_at'].isoformat()})"
+        event = MailFailed(
+            event_id=stable_event_id(job.job_id, "expired"), delivery_id=job.delivery_id,
+            metadata=row["metadata"], account_id=account_id, recipient=job.email, stage=None,
+            smtp_code=None, smtp_message=text, permanent=True, attempts=0, reason="expired")
+        recorded = await self._recorder.record(
+            delivery_id=job.delivery_id, index=job.index, state="expired", code=None,
+            text=text, message_id=None, touched_server=False, hold=None,
+            event=event.model_dump(mode="json"),
+            completed_id=stable_event_id(job.delivery_id, "completed"))
+        if recorded.applied:
+            self._parts.wake_events()
+            metrics.OUTCOMES.labels(self.account_id, "expired").inc()
+            log.info("recipient expired; not sent", delivery_id=job.delivery_id,
+                     index=job.index)
 
     async def _carry_out(self, message: AbstractIncomingMessage,
                          disposition: Disposition) -> None:
         topology = self._parts.topology
         if isinstance(disposition, ToQueue):
             try:
-                await self._republish(message, topology.send_exchange, disposition.account_id)
+                await self._republish(message, topology.send_exchange,
+                                      self._key(disposition.account_id))
             except DeliveryError:
                 if disposition.account_id == self._queue_account:
                     raise
@@ -269,12 +337,14 @@ class AccountWorker:
                 return
         elif isinstance(disposition, ToRetry):
             await self._republish(message, topology.retry_name(disposition.delay_s),
-                                  self._queue_account,
+                                  self._key(self._queue_account),
                                   {"x-retry-delay-s": disposition.delay_s})
         elif isinstance(disposition, ToDead):
+            original = (topology.urgent_queue if self._urgent
+                        else topology.account_queue)(self._queue_account)
             await self._republish(message, topology.dead_exchange, self._queue_account, {
                 "x-reason": disposition.reason, "x-detail": disposition.detail,
-                "x-original-queue": topology.account_queue(self._queue_account)})
+                "x-original-queue": original})
             log.warning("job moved to the dead-letter queue", reason=disposition.reason,
                         detail=disposition.detail)
         await message.ack()
@@ -361,7 +431,7 @@ class AccountWorker:
 
         async def still_to_send() -> bool:
             row = await check
-            return row is not None and row["state"] not in ledger.SETTLED
+            return row is not None and row["state"] not in ledger.SETTLED and not expired(row)
 
         started = time.perf_counter()
         try:
@@ -371,7 +441,11 @@ class AccountWorker:
                     mail.data, before_data=still_to_send)
         except Withdrawn:
             await self._recorder.mark_end()
-            return await self._already_done(job, check.result())
+            row = check.result()
+            if row is not None and row["state"] not in ledger.SETTLED:  # it expired
+                await self._expire(job, row, self._queue_account)
+                return Ack()
+            return await self._already_done(job, row)
         except SmtpStageError as error:
             row = await check
             if row is None or row["state"] in ledger.SETTLED:
@@ -399,6 +473,9 @@ class AccountWorker:
         if row is None:
             return ToDead("unknown_delivery", f"no recipient row for {job.job_id}")
         state = row["state"]
+        if state in ("cancelled", "expired"):
+            log.info("job cancelled or expired; not sent", outcome=state)
+            return Ack()
         if state == "sent":
             await self._parts.events.publish(MailSent(
                 event_id=stable_event_id(job.job_id, "sent"), delivery_id=job.delivery_id,
@@ -410,7 +487,8 @@ class AccountWorker:
             await self._parts.events.publish(DeliveryCompleted(
                 event_id=stable_event_id(job.delivery_id, "completed"),
                 delivery_id=job.delivery_id, metadata=row["metadata"], sent=row["sent"],
-                failed=row["failed"] + row["unknown"], total=row["total"]))
+                failed=row["failed"] + row["unknown"], cancelled=row["cancelled"],
+                total=row["total"]))
         log.info("job already settled; not sent again", outcome=state)
         return Ack()
 

@@ -1,6 +1,7 @@
 """An in-process dispatcher on the real broker and database, with a topology of its own."""
 
 import asyncio
+import contextlib
 import uuid
 from collections.abc import AsyncIterator
 from dataclasses import dataclass
@@ -11,10 +12,12 @@ import pytest
 from aio_pika.abc import AbstractChannel, AbstractQueue, AbstractRobustConnection
 
 from services.config_svc.main import MIGRATIONS as ACCOUNTS_MIGRATIONS
+from services.dispatcher.cancel import CancelIntake, Canceller
 from services.dispatcher.consumer import RequestConsumer
 from services.dispatcher.fanout import FanOut
 from services.dispatcher.intake import DeadLetters, Intake
 from services.dispatcher.main import MIGRATIONS
+from services.dispatcher.schedule import Schedule
 from shared.db import migrate
 from shared.topology import (
     EventPublisher,
@@ -67,6 +70,8 @@ class Dispatcher:
     events: AbstractQueue
     dead: AbstractQueue
     consumer: RequestConsumer
+    canceller: Canceller
+    schedule: Schedule
 
     async def publish_bytes(self, body: bytes, message_id: str = "") -> None:
         exchange = await self.channel.get_exchange(self.topology.requests_exchange)
@@ -100,14 +105,22 @@ async def dispatcher(pool: asyncpg.Pool, amqp: AbstractRobustConnection,
     await events.bind(topology.events_exchange, routing_key="delivery.*")
     dead = await channel.get_queue(topology.dead_queue)
 
-    intake = Intake(pool, await FanOut.open(amqp, topology, window=100),
-                    EventPublisher(channel, topology), DeadLetters(channel, topology),
-                    max_bytes=32 * 1024 * 1024)
+    fanout = await FanOut.open(amqp, topology, window=100)
+    publisher, letters = EventPublisher(channel, topology), DeadLetters(channel, topology)
+    intake = Intake(pool, fanout, publisher, letters, max_bytes=32 * 1024 * 1024)
+    canceller = Canceller(pool, publisher)
     consuming = await amqp.channel()
     await consuming.set_qos(prefetch_count=4)
-    consumer = RequestConsumer(await consuming.get_queue(topology.requests_queue), intake)
+    consumer = RequestConsumer(await consuming.get_queue(topology.requests_queue), intake,
+                               CancelIntake(canceller, letters))
     await consumer.start()
-    yield Dispatcher(pool, channel, topology, account_id, events, dead, consumer)
+    schedule = Schedule(pool, fanout, poll_s=0.2)
+    scheduling = asyncio.create_task(schedule.run())
+    yield Dispatcher(pool, channel, topology, account_id, events, dead, consumer, canceller,
+                     schedule)
+    scheduling.cancel()
+    with contextlib.suppress(asyncio.CancelledError):
+        await scheduling
     await consumer.stop(10)
     await consuming.close()
     await channel.close()

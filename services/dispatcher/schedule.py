@@ -1,0 +1,93 @@
+"""Scheduled deliveries (`send_at`) fanned out at their time, from the database.
+
+A delivery with a `send_at` in the future is stored and accepted at once, its recipients
+`scheduled`; nothing of it is in the broker. One dispatcher at a time owns the schedule (a
+session advisory lock on a connection of its own: when that dispatcher dies, its connection
+goes, the lock with it, and another one takes over within a poll). The owner fans out what
+is due with the fan-out of every delivery, under the delivery's own lock, so a request
+redelivered at the same moment cannot publish it twice. A restart loses nothing: what is due
+is read from the table.
+"""
+
+import asyncio
+import contextlib
+
+import asyncpg
+import structlog
+
+from services.dispatcher import repository
+from services.dispatcher.fanout import FanOut, Unroutable
+
+log = structlog.get_logger(__name__)
+
+SCHEDULE_LOCK = 0x6D61696C_73636864  # "mailschd"
+BATCH = 100
+
+
+class Schedule:
+    def __init__(self, pool: asyncpg.Pool, fanout: FanOut, poll_s: float) -> None:
+        self._pool = pool
+        self._fanout = fanout
+        self._poll_s = poll_s
+        self.owner = False
+
+    async def run(self) -> None:
+        """Forever: waits to own the schedule, then fans out what comes due."""
+        while True:
+            try:
+                async with self._pool.acquire() as holder:
+                    if await holder.fetchval("SELECT pg_try_advisory_lock($1)", SCHEDULE_LOCK):
+                        try:
+                            self.owner = True
+                            log.info("this dispatcher owns the schedule")
+                            await self._own(holder)
+                        finally:
+                            self.owner = False
+                            with contextlib.suppress(Exception):
+                                await holder.execute("SELECT pg_advisory_unlock($1)",
+                                                     SCHEDULE_LOCK)
+            except asyncio.CancelledError:
+                raise
+            except Exception:
+                log.exception("the schedule failed; it starts again")
+            await asyncio.sleep(self._poll_s)
+
+    async def _own(self, holder: asyncpg.Connection) -> None:
+        while True:
+            # The lock lives as long as this connection: a lost one ends the ownership.
+            await holder.fetchval("SELECT 1")
+            while await self.fan_out_due() == BATCH:
+                pass
+            wait_s = await repository.next_due_in_s(self._pool)
+            await asyncio.sleep(self._poll_s if wait_s is None
+                                else min(self._poll_s, max(0.01, wait_s)))
+
+    async def fan_out_due(self) -> int:
+        """Fans out up to a batch of due deliveries; returns how many were due."""
+        ids = await repository.due(self._pool, BATCH)
+        for delivery_id in ids:
+            await self._fan_out(delivery_id)
+        return len(ids)
+
+    async def _fan_out(self, delivery_id: str) -> None:
+        structlog.contextvars.clear_contextvars()
+        structlog.contextvars.bind_contextvars(delivery_id=delivery_id)
+        async with repository.delivery_lock(self._pool, delivery_id) as db:
+            row = await repository.get_delivery(db, delivery_id)
+            if row is None or row["fanned_out_at"] is not None or row["cancelled_at"] is not None:
+                return
+            account_id, urgent = str(row["account_id"]), row["priority"] == "high"
+            try:
+                await self._fanout.require_queue(account_id, urgent)
+            except Unroutable:
+                if await repository.account_deleted(db, account_id):
+                    # Nothing may send it: the sender's sweep settles its recipients as
+                    # failed, with their events.
+                    await repository.mark_fanned_out(db, delivery_id)
+                    log.warning("scheduled delivery's account was deleted; not sent")
+                else:
+                    log.error("scheduled delivery's account has no queue; tried again later")
+                return
+            published = await self._fanout.publish(db, delivery_id, account_id, urgent)
+            await repository.mark_fanned_out(db, delivery_id)
+        log.info("scheduled delivery fanned out", published=published)
