@@ -124,14 +124,14 @@ async def account_deleted(db: asyncpg.Connection, account_id: str) -> bool:
 async def cancel(db: asyncpg.Connection, delivery_id: str,
                  requested_by: str | None) -> asyncpg.Record | None:
     """Every recipient not yet sent becomes `cancelled`, once: a second cancel changes
-    nothing and returns the first one's counts. The delivery row's lock orders the cancel
-    with the sender's outcomes (they update it too): a 250 recorded before it counts as sent,
-    one recorded after it (a transaction already on the wire) moves from cancelled to sent.
-    The delivery completes here when nothing else is left to settle."""
+    nothing and returns the first one's counts. The recipient rows are locked first, then the
+    delivery's, in the order of the sender's outcome record (no deadlock with it): a 250
+    recorded before the cancel counts as sent; one recorded after it (a transaction already
+    on the wire) moves from cancelled to sent. The delivery completes here when nothing else
+    is left to settle."""
     async with db.transaction():
-        row = await db.fetchrow(
-            "SELECT cancelled_at FROM deliveries WHERE delivery_id = $1 FOR UPDATE",
-            delivery_id)
+        row = await db.fetchrow("SELECT cancelled_at FROM deliveries WHERE delivery_id = $1",
+                                delivery_id)
         if row is None:
             return None
         if row["cancelled_at"] is None:
@@ -139,12 +139,13 @@ async def cancel(db: asyncpg.Connection, delivery_id: str,
                 "WITH c AS (UPDATE delivery_recipients SET state = 'cancelled', "
                 "updated_at = now() WHERE delivery_id = $1 AND state = ANY($2::text[]) "
                 "RETURNING 1) SELECT count(*) FROM c", delivery_id, CANCELLABLE)
+            # A cancel at the same moment: the first one's update holds, this one's is empty.
             await db.execute(
                 "UPDATE deliveries SET cancelled_at = now(), cancelled_by = $2, "
                 "cancelled = cancelled + $3, cancel_count = $3, cancel_sent = sent, "
                 "completed_at = CASE WHEN completed_at IS NULL "
                 "AND sent + failed + unknown + cancelled + $3 = total THEN now() "
-                "ELSE completed_at END WHERE delivery_id = $1",
+                "ELSE completed_at END WHERE delivery_id = $1 AND cancelled_at IS NULL",
                 delivery_id, requested_by, count)
         return await db.fetchrow("SELECT * FROM deliveries WHERE delivery_id = $1",
                                  delivery_id)

@@ -30,13 +30,17 @@ class Schedule:
         self._fanout = fanout
         self._poll_s = poll_s
         self.owner = False
+        self.tries = 0  # at the schedule's lock
 
     async def run(self) -> None:
         """Forever: waits to own the schedule, then fans out what comes due."""
         while True:
             try:
                 async with self._pool.acquire() as holder:
-                    if await holder.fetchval("SELECT pg_try_advisory_lock($1)", SCHEDULE_LOCK):
+                    got = await holder.fetchval("SELECT pg_try_advisory_lock($1)",
+                                                SCHEDULE_LOCK)
+                    self.tries += 1
+                    if got:
                         try:
                             self.owner = True
                             log.info("this dispatcher owns the schedule")

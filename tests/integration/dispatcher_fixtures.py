@@ -7,18 +7,23 @@ from collections.abc import AsyncIterator
 from dataclasses import dataclass
 
 import asyncpg
+import httpx
 import orjson
 import pytest
 from aio_pika.abc import AbstractChannel, AbstractQueue, AbstractRobustConnection
 
 from services.config_svc.main import MIGRATIONS as ACCOUNTS_MIGRATIONS
+from services.dispatcher.api import create_app
 from services.dispatcher.cancel import CancelIntake, Canceller
 from services.dispatcher.consumer import RequestConsumer
 from services.dispatcher.fanout import FanOut
 from services.dispatcher.intake import DeadLetters, Intake
 from services.dispatcher.main import MIGRATIONS
 from services.dispatcher.schedule import Schedule
+from shared.auth import TokenVerifier
 from shared.db import migrate
+from shared.http import Health
+from shared.messages import DeliveryRequest
 from shared.topology import (
     EventPublisher,
     Topology,
@@ -26,6 +31,7 @@ from shared.topology import (
     open_confirmed_channel,
     publish,
 )
+from tests.integration.accounts_fixtures import JWT_SECRET
 
 
 async def migrate_all(pool: asyncpg.Pool) -> None:
@@ -72,6 +78,13 @@ class Dispatcher:
     consumer: RequestConsumer
     canceller: Canceller
     schedule: Schedule
+    fanout: FanOut
+    scheduling: asyncio.Task
+
+    async def stop_schedule(self) -> None:
+        self.scheduling.cancel()
+        with contextlib.suppress(asyncio.CancelledError):
+            await self.scheduling
 
     async def publish_bytes(self, body: bytes, message_id: str = "") -> None:
         exchange = await self.channel.get_exchange(self.topology.requests_exchange)
@@ -86,6 +99,25 @@ class Dispatcher:
                 await message.ack()
                 return orjson.loads(message.body)
         raise AssertionError("unreachable")
+
+    async def publish_cancel(self, delivery_id: str, requested_by: str | None) -> None:
+        exchange = await self.channel.get_exchange(self.topology.requests_exchange)
+        await publish(exchange, "delivery.cancel", make_message(
+            orjson.dumps({"delivery_id": delivery_id, "requested_by": requested_by}),
+            message_id=f"cancel:{delivery_id}"))
+
+    def http(self) -> httpx.AsyncClient:
+        """The dispatcher's HTTP API, in process, publishing into this test's topology."""
+        async def publish_request(request: DeliveryRequest) -> None:
+            exchange = await self.channel.get_exchange(self.topology.requests_exchange)
+            await publish(exchange, "delivery.request", make_message(
+                request.model_dump_json(exclude_none=True).encode(),
+                message_id=request.delivery_id))
+
+        app = create_app(self.pool, TokenVerifier("HS256", JWT_SECRET), Health(),
+                         self.canceller, publish_request, max_request_bytes=64 * 1024)
+        return httpx.AsyncClient(transport=httpx.ASGITransport(app=app),
+                                 base_url="http://dispatcher")
 
     def account_queue(self) -> str:
         return self.topology.account_queue(self.account_id)
@@ -116,11 +148,10 @@ async def dispatcher(pool: asyncpg.Pool, amqp: AbstractRobustConnection,
     await consumer.start()
     schedule = Schedule(pool, fanout, poll_s=0.2)
     scheduling = asyncio.create_task(schedule.run())
-    yield Dispatcher(pool, channel, topology, account_id, events, dead, consumer, canceller,
-                     schedule)
-    scheduling.cancel()
-    with contextlib.suppress(asyncio.CancelledError):
-        await scheduling
+    stack = Dispatcher(pool, channel, topology, account_id, events, dead, consumer, canceller,
+                       schedule, fanout, scheduling)
+    yield stack
+    await stack.stop_schedule()
     await consumer.stop(10)
     await consuming.close()
     await channel.close()

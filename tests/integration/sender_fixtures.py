@@ -135,7 +135,7 @@ async def start_sender(dispatcher: Dispatcher, amqp: AbstractRobustConnection,
         settings = sender_settings(amqp_url, postgres_dsn, f"{unique}-{len(stacks)}",
                                    **{**sender_overrides, **changes})
         events = await dispatcher.channel.declare_queue(exclusive=True)
-        for key in ("mail.*", "account.*", "delivery.completed"):
+        for key in ("mail.*", "account.*", "delivery.completed", "delivery.cancelled"):
             await events.bind(dispatcher.topology.events_exchange, routing_key=key)
         relay = OutboxRelay(dispatcher.pool, await open_confirmed_channel(amqp),
                             dispatcher.topology, table="sender_outbox", poll_s=0.2)

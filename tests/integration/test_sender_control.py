@@ -1,0 +1,124 @@
+"""Delivery control at the SMTP server (contract §6): an urgent mail overtakes a queued bulk
+delivery, an expired recipient is not sent, a cancel stops a delivery being sent."""
+
+import time
+from datetime import UTC, datetime, timedelta
+from typing import Any
+
+from tests.conftest import eventually
+from tests.integration.dispatcher_fixtures import request_body
+from tests.integration.sender_fixtures import SenderStack, sender_on
+from tests.integration.test_sender import ledger_states, recipients
+from tests.support.smtp_servers import SmtpTestServer, smtp_server
+
+
+def gaps(server: SmtpTestServer) -> list[float]:
+    return [b.started_at - a.ended_at
+            for a, b in zip(server.messages, server.messages[1:], strict=False)]
+
+
+async def queue_empty(stack: SenderStack) -> bool:
+    topology = stack.dispatcher.topology
+    underlay = await stack.dispatcher.channel.get_underlay_channel()
+    waiting = 0
+    for name, _key in topology.send_queues(stack.account_id):
+        waiting += (await underlay.queue_declare(name, passive=True)).message_count or 0
+    return waiting == 0
+
+
+async def test_an_urgent_mail_overtakes_a_queued_bulk_delivery_and_the_pause_holds(
+    start_sender: Any,
+) -> None:
+    interval_s = 0.3
+    async with smtp_server() as server:
+        stack = await sender_on(start_sender, server, send_interval_ms=int(interval_s * 1000))
+        bulk = request_body(account_id=stack.account_id, recipients=recipients(20, "bulk"))
+        await stack.dispatcher.publish_request(bulk)
+        await server.wait_until(lambda: len(server.messages) >= 3, timeout=20)
+
+        urgent = request_body(account_id=stack.account_id, priority="high",
+                              recipients=[{"email": "reset@example.com", "name": "山田",
+                                           "vars": {"plan": "gold"}}])
+        published_at = time.monotonic()
+        await stack.dispatcher.publish_request(urgent)
+        await server.wait_until(
+            lambda: any(m.rcpt_tos == ["reset@example.com"] for m in server.messages),
+            timeout=10)
+        at = next(i for i, m in enumerate(server.messages)
+                  if m.rcpt_tos == ["reset@example.com"])
+        # Bulk mails begun after the urgent one was published, before it: at most the one
+        # whose turn came while the urgent job was still on its way through the dispatcher.
+        overtaken = [m for m in server.messages[:at] if m.started_at > published_at]
+        assert len(overtaken) <= 1, [m.rcpt_tos for m in overtaken]
+        assert len(server.messages) - 1 - at <= 1  # the bulk was far from done
+        completed = await stack.completed(urgent["delivery_id"])
+        assert (completed["sent"], completed["total"]) == (1, 1)
+        await stack.completed(bulk["delivery_id"], timeout=30)
+    assert len(server.messages) == 21
+    assert min(gaps(server)) >= interval_s  # the account's pause holds for both
+    assert await ledger_states(stack, bulk["delivery_id"]) == {"sent": 20}
+
+
+async def test_a_recipient_not_sent_by_expires_at_is_not_sent_at_all(
+    start_sender: Any,
+) -> None:
+    async with smtp_server() as server:
+        stack = await sender_on(start_sender, server, send_interval_ms=3000)
+        expires_at = datetime.now(UTC) + timedelta(seconds=1)
+        body = request_body(account_id=stack.account_id, recipients=recipients(3),
+                            expires_at=expires_at.isoformat())
+        await stack.dispatcher.publish_request(body)
+        completed = await stack.completed(body["delivery_id"], timeout=20)
+        assert (completed["sent"], completed["failed"], completed["total"]) == (1, 2, 3)
+    assert [m.rcpt_tos for m in server.messages] == [["r0@example.com"]]
+    failed = stack.of_type("mail.failed")
+    assert sorted(e["recipient"] for e in failed) == ["r1@example.com", "r2@example.com"]
+    for event in failed:
+        assert (event["reason"], event["permanent"], event["stage"], event["smtp_code"]) == (
+            "expired", True, None, None)
+        assert event["attempts"] == 1
+    assert await ledger_states(stack, body["delivery_id"]) == {"sent": 1, "expired": 2}
+
+
+async def test_a_cancel_during_sending_stops_it_at_once_and_counts_right(
+    start_sender: Any,
+) -> None:
+    total = 30
+    async with smtp_server() as server:
+        stack = await sender_on(start_sender, server, send_interval_ms=300)
+        body = request_body(account_id=stack.account_id, recipients=recipients(total))
+        delivery_id = body["delivery_id"]
+        await stack.dispatcher.publish_request(body)
+        await server.wait_until(lambda: len(server.messages) >= 3, timeout=20)
+
+        asked_at = time.monotonic()
+        answer = await stack.dispatcher.canceller.cancel(delivery_id, "tanaka")
+        committed_by = time.monotonic()
+        assert answer is not None
+        assert answer.sent + answer.cancelled == total
+        # The cancelled jobs are acked without waiting for the account's pause.
+        await eventually(lambda: queue_empty(stack), timeout=5)
+        completed = await stack.completed(delivery_id, timeout=10)
+        at_server = len(server.messages)
+
+        # Nothing begun after the cancel's commit reached the server; at most the one
+        # transaction on the wire at the cancel finished.
+        assert all(m.started_at < committed_by for m in server.messages)
+        assert len([m for m in server.messages if m.ended_at > asked_at]) <= 1
+        cancelled = await stack.wait_event(lambda e: e["type"] == "delivery.cancelled")
+        assert (cancelled["sent"], cancelled["cancelled"], cancelled["total"]) == (
+            answer.sent, answer.cancelled, total)
+        assert completed["sent"] + completed["cancelled"] == total
+        assert completed["failed"] == 0
+
+        async def every_mail_recorded() -> bool:
+            return (await ledger_states(stack, delivery_id)).get("sent", 0) == at_server
+
+        await eventually(every_mail_recorded, timeout=5)
+        states = await ledger_states(stack, delivery_id)
+        assert states == {"sent": at_server, "cancelled": total - at_server}
+        for message in server.messages:
+            await stack.wait_event(lambda e, to=message.rcpt_tos[0]: e["type"] == "mail.sent"
+                                   and e["recipient"] == to)
+        assert len([e for e in stack.of_type("mail.sent")
+                    if e["delivery_id"] == delivery_id]) == at_server
