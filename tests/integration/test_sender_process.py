@@ -97,12 +97,13 @@ class Harness:
         await self.topology.declare_account_queue(self.channel, account_id)
         return account_id
 
-    async def publish_delivery(self, account_id: str, total: int) -> tuple[str, list[str]]:
-        emails = [f"p{i}@example.com" for i in range(total)]
+    async def publish_delivery(self, account_id: str, total: int, prefix: str = "p",
+                               **changes: object) -> tuple[str, list[str]]:
+        emails = [f"{prefix}{i}@example.com" for i in range(total)]
         body = request_body(account_id=account_id, subject="pace {{name}}",
                             text="hello {{name}}", html=None, headers={},
                             recipients=[{"email": e, "name": f"n{i}"}
-                                        for i, e in enumerate(emails)])
+                                        for i, e in enumerate(emails)], **changes)
         exchange = await self.channel.get_exchange(self.topology.requests_exchange)
         await publish(exchange, "delivery.request",
                       make_message(orjson.dumps(body), message_id=body["delivery_id"]))
@@ -315,6 +316,50 @@ async def test_a_sender_killed_mid_delivery_and_restarted_sends_everything_once(
     assert delivery["completed_at"] is not None
     assert {r: len(ids) for r, ids in harness.mail_sent_ids(delivery_id).items()} == {
         e: 1 for e in emails}
+
+
+async def test_urgent_and_bulk_queues_are_drained_exactly_once_across_a_sigkill(
+    harness: Harness,
+) -> None:
+    interval_ms = 100
+    async with smtp_server() as server:
+        account_id = await harness.account(server, interval_ms)
+        first = harness.sender("first")
+        await asyncio.gather(harness.dispatcher().start(), first.start())
+        bulk_id, bulk = await harness.publish_delivery(account_id, 30, prefix="bulk")
+        await server.wait_until(lambda: len(server.messages) >= 3, timeout=30)
+        urgent_id, urgent = await harness.publish_delivery(account_id, 10, prefix="urgent",
+                                                           priority="high")
+        # Killed in the middle of the urgent delivery, the bulk one waiting behind it.
+        await server.wait_until(
+            lambda: sum(m.rcpt_tos[0].startswith("urgent") for m in server.messages) >= 4,
+            timeout=30)
+        await first.kill()
+        received_at_kill = {m.rcpt_tos[0] for m in server.messages}
+        sent_at_kill = (await harness.sent_emails(bulk_id)) | (
+            await harness.sent_emails(urgent_id))
+        in_flight = received_at_kill - sent_at_kill
+        assert sent_at_kill <= received_at_kill and len(in_flight) <= 1, in_flight
+        # While the urgent delivery was being sent, the bulk one waited.
+        bulk_during = [m for m in server.messages if m.rcpt_tos[0].startswith("bulk")]
+        assert len(bulk_during) < 30
+
+        await harness.sender("restarted").start()
+        await harness.wait_all_sent(urgent_id, 10, timeout=40)
+        await harness.wait_all_sent(bulk_id, 30, timeout=40)
+
+    counts = rcpt_counts(server)
+    assert set(counts) == set(bulk) | set(urgent)
+    twice = {rcpt: n for rcpt, n in counts.items() if n > 1}
+    assert set(twice) <= in_flight and all(n == 2 for n in twice.values()), (
+        f"sent twice: {twice}, in flight at the kill: {in_flight}\n{harness.logs()}")
+    for delivery_id, emails in ((bulk_id, bulk), (urgent_id, urgent)):
+        rows = await harness.ledger_rows(delivery_id)
+        assert [(r["state"], r["attempts"]) for r in rows] == [("sent", 1)] * len(emails)
+        assert {r: len(ids) for r, ids in harness.mail_sent_ids(delivery_id).items()} == {
+            e: 1 for e in emails}
+    assert await harness.queue_counts(account_id) == (0, 1)
+    assert min(gaps(server)) >= interval_ms / 1000
 
 
 @dataclass
