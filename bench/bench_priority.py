@@ -12,6 +12,7 @@ normal request is printed too: the wait behind what is still queued.
 """
 
 import asyncio
+import itertools
 import os
 import random
 import statistics
@@ -115,7 +116,7 @@ async def main() -> None:
           f"still on its way through the dispatcher): {late} of {URGENT}")
     within = sum(1 for value in latency if value <= goal)
     print(f"within one interval + 50 ms ({goal * ms:.0f} ms): {within} of {URGENT}")
-    gaps = [b.started_at - a.ended_at for a, b in zip(messages, messages[1:], strict=False)]
+    gaps = [b.started_at - a.ended_at for a, b in itertools.pairwise(messages)]
     print(f"shortest pause at the server: {min(gaps) * ms:.1f} ms (interval {INTERVAL_MS} ms)")
     left = BULK - bulk_sent
     print(f"baseline, a normal request published at the end: behind {left} jobs, "
