@@ -31,6 +31,8 @@ def delivery_state(row: Any, counts: dict[str, int]) -> str:
         return "completed"
     if row["cancelled_at"] is not None:
         return "cancelling"  # what was on the wire when the cancel came is still to settle
+    if row["paused_at"] is not None:
+        return "paused"
     if row["fanned_out_at"] is None and row["send_at"] is not None:
         return "scheduled"
     if any(counts[state] for state in ("deferred", *SETTLED)):
@@ -40,7 +42,8 @@ def delivery_state(row: Any, counts: dict[str, int]) -> str:
 
 def create_app(pool: asyncpg.Pool, verifier: TokenVerifier, health: Health,
                canceller: Canceller, publish_request: RequestPublisher,
-               max_request_bytes: int) -> FastAPI:
+               max_request_bytes: int, wake_schedule: Callable[[], None] = lambda: None,
+               ) -> FastAPI:
     app = FastAPI(title="mail-delivery: deliveries", version="1", docs_url="/docs")
     install_common_handlers(app)
     UserDep = Annotated[User, Depends(user_dependency(verifier))]
@@ -89,6 +92,24 @@ def create_app(pool: asyncpg.Pool, verifier: TokenVerifier, health: Health,
             raise HTTPException(404, f"no delivery {delivery_id}")
         return done.as_json()
 
+    @app.post("/v1/deliveries/{delivery_id}/pause")
+    async def pause(delivery_id: str, user: UserDep) -> dict[str, Any]:
+        """The delivery's jobs are taken out of the account's queue as they come up (its
+        other deliveries go on); its recipients wait as `scheduled` until resumed."""
+        row = await visible_delivery(delivery_id, user)
+        if row["paused_at"] is None and await repository.pause(pool, delivery_id) is None:
+            raise HTTPException(409, "the delivery is cancelled or complete")
+        return {"delivery_id": delivery_id, "state": "paused"}
+
+    @app.post("/v1/deliveries/{delivery_id}/resume")
+    async def resume(delivery_id: str, user: UserDep) -> dict[str, Any]:
+        await visible_delivery(delivery_id, user)
+        if await repository.resume(pool, delivery_id) is not None:
+            wake_schedule()  # what was taken out goes back into the queue at once
+        row = await visible_delivery(delivery_id, user)
+        counts = await repository.recipient_counts(pool, delivery_id)
+        return {"delivery_id": delivery_id, "state": delivery_state(row, counts)}
+
     @app.get("/v1/deliveries/{delivery_id}")
     async def status(delivery_id: str, user: UserDep) -> dict[str, Any]:
         row = await visible_delivery(delivery_id, user)
@@ -112,6 +133,7 @@ def create_app(pool: asyncpg.Pool, verifier: TokenVerifier, health: Health,
             "created_at": row["created_at"],
             "accepted_at": row["accepted_at"],
             "cancelled_at": row["cancelled_at"],
+            "paused_at": row["paused_at"],
             "completed_at": row["completed_at"],
             "metadata": row["metadata"],
         }

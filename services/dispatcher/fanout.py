@@ -58,6 +58,7 @@ class FanOut:
         there (`require_queue`)."""
         if self._exchange is None:
             self._exchange = await self._channel.get_exchange(self._topology.send_exchange)
+        await repository.release_scheduled(db, delivery_id)
         pending = await repository.not_queued(db, delivery_id)
         key = self._topology.send_key(account_id, urgent)
         for start in range(0, len(pending), self._window):

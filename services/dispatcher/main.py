@@ -58,17 +58,18 @@ async def serve(settings: DispatcherSettings) -> None:
         health.add_check("broker", lambda: not connection.is_closed)
         health.add_check("database", lambda: not pool.is_closing())
         health.add_check("consuming", lambda: consumer.consuming)
+        schedule = Schedule(pool, fanout, settings.schedule_poll_s)
         app = create_app(pool, verifier, health, canceller, publish_request,
-                         settings.max_request_bytes)
+                         settings.max_request_bytes, schedule.wake)
         server = HttpServer(app, settings.http_host, settings.http_port)
         stop = stop_on_signals()
         await server.start()
         await consumer.start()
-        schedule = asyncio.create_task(Schedule(pool, fanout, settings.schedule_poll_s).run())
+        scheduling = asyncio.create_task(schedule.run())
         log.info("dispatcher ready", port=settings.http_port)
         await stop.wait()
-        schedule.cancel()
+        scheduling.cancel()
         with contextlib.suppress(asyncio.CancelledError):
-            await schedule
+            await scheduling
         await consumer.stop(settings.shutdown_grace_s)
         await server.stop()

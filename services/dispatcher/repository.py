@@ -68,11 +68,20 @@ async def store(db: asyncpg.Connection, prepared: PreparedDelivery, sha256: byte
         )
 
 
+async def release_scheduled(db: asyncpg.Connection, delivery_id: str) -> None:
+    """`scheduled` (waiting for send_at, or taken out of the queue by a pause) becomes `new`
+    before any of its jobs is published: the sender never sends a `scheduled` recipient (its
+    job is a stale copy), and a job may reach it before its window's `queued` commits."""
+    await db.execute(
+        "UPDATE delivery_recipients SET state = 'new', updated_at = now() "
+        "WHERE delivery_id = $1 AND state = 'scheduled'", delivery_id)
+
+
 async def not_queued(db: asyncpg.Connection, delivery_id: str) -> list[asyncpg.Record]:
     """Recipients whose job the broker has not yet confirmed, in order."""
     return await db.fetch(
         "SELECT idx, email, name, vars FROM delivery_recipients "
-        "WHERE delivery_id = $1 AND state IN ('new', 'scheduled') ORDER BY idx",
+        "WHERE delivery_id = $1 AND state = 'new' ORDER BY idx",
         delivery_id,
     )
 
@@ -80,7 +89,7 @@ async def not_queued(db: asyncpg.Connection, delivery_id: str) -> list[asyncpg.R
 async def mark_queued(db: asyncpg.Connection, delivery_id: str, indexes: Sequence[int]) -> None:
     await db.execute(
         "UPDATE delivery_recipients SET state = 'queued', queued_at = now(), updated_at = now() "
-        "WHERE delivery_id = $1 AND idx = ANY($2::int[]) AND state IN ('new', 'scheduled')",
+        "WHERE delivery_id = $1 AND idx = ANY($2::int[]) AND state = 'new'",
         delivery_id, list(indexes),
     )
 
@@ -100,20 +109,42 @@ async def mark_fanned_out(db: asyncpg.Connection, delivery_id: str) -> None:
         "AND fanned_out_at IS NULL", delivery_id)
 
 
+# Waiting to be fanned out: scheduled, or resumed after a pause (no send_at: at once).
+_WAITING = ("fanned_out_at IS NULL AND accepted_at IS NOT NULL AND cancelled_at IS NULL "
+            "AND paused_at IS NULL")
+
+
 async def due(db: asyncpg.Connection, limit: int) -> list[str]:
-    """Scheduled deliveries whose time has come, the earliest first."""
+    """Deliveries to fan out now: scheduled ones whose time has come, resumed ones."""
     rows = await db.fetch(
-        "SELECT delivery_id FROM deliveries WHERE fanned_out_at IS NULL AND send_at <= now() "
-        "AND accepted_at IS NOT NULL AND cancelled_at IS NULL ORDER BY send_at LIMIT $1",
+        f"SELECT delivery_id FROM deliveries WHERE {_WAITING} "
+        "AND coalesce(send_at, '-infinity') <= now() ORDER BY send_at NULLS FIRST LIMIT $1",
         limit)
     return [row["delivery_id"] for row in rows]
 
 
 async def next_due_in_s(db: asyncpg.Connection) -> float | None:
-    """Seconds until the next scheduled delivery is due (None: none waits)."""
+    """Seconds until the next delivery is due (None: none waits)."""
     return await db.fetchval(
-        "SELECT extract(epoch FROM min(send_at) - now())::float8 FROM deliveries "
-        "WHERE fanned_out_at IS NULL AND accepted_at IS NOT NULL AND cancelled_at IS NULL")
+        "SELECT extract(epoch FROM min(coalesce(send_at, '-infinity')) - now())::float8 "
+        f"FROM deliveries WHERE {_WAITING}")
+
+
+async def pause(db: asyncpg.Pool, delivery_id: str) -> asyncpg.Record | None:
+    """The delivery stops; None when it was paused already, cancelled or complete."""
+    return await db.fetchrow(
+        "UPDATE deliveries SET paused_at = now() WHERE delivery_id = $1 AND paused_at IS NULL "
+        "AND cancelled_at IS NULL AND completed_at IS NULL RETURNING *", delivery_id)
+
+
+async def resume(db: asyncpg.Pool, delivery_id: str) -> asyncpg.Record | None:
+    """The delivery goes on: what was taken out of the queue is fanned out again by the
+    schedule (durably: a resume whose fan-out fails is done by the schedule's next poll).
+    None when it was not paused."""
+    return await db.fetchrow(
+        "UPDATE deliveries SET paused_at = NULL, "
+        "fanned_out_at = CASE WHEN accepted_at IS NULL THEN fanned_out_at END "
+        "WHERE delivery_id = $1 AND paused_at IS NOT NULL RETURNING *", delivery_id)
 
 
 async def account_deleted(db: asyncpg.Connection, account_id: str) -> bool:

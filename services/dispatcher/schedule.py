@@ -1,4 +1,5 @@
-"""Scheduled deliveries (`send_at`) fanned out at their time, from the database.
+"""Scheduled deliveries (`send_at`) fanned out at their time, and resumed ones at once, from
+the database.
 
 A delivery with a `send_at` in the future is stored and accepted at once, its recipients
 `scheduled`; nothing of it is in the broker. One dispatcher at a time owns the schedule (a
@@ -31,6 +32,11 @@ class Schedule:
         self._poll_s = poll_s
         self.owner = False
         self.tries = 0  # at the schedule's lock
+        self._wake = asyncio.Event()
+
+    def wake(self) -> None:
+        """Something is due now (a resumed delivery): no need to wait for the poll."""
+        self._wake.set()
 
     async def run(self) -> None:
         """Forever: waits to own the schedule, then fans out what comes due."""
@@ -60,26 +66,31 @@ class Schedule:
         while True:
             # The lock lives as long as this connection: a lost one ends the ownership.
             await holder.fetchval("SELECT 1")
+            self._wake.clear()
             while await self.fan_out_due() == BATCH:
                 pass
             wait_s = await repository.next_due_in_s(self._pool)
-            await asyncio.sleep(self._poll_s if wait_s is None
-                                else min(self._poll_s, max(0.01, wait_s)))
+            # Due already (one that could not be fanned out, or just come): the next poll.
+            sleep_s = self._poll_s if wait_s is None or wait_s <= 0 else min(self._poll_s,
+                                                                            wait_s)
+            with contextlib.suppress(TimeoutError):
+                await asyncio.wait_for(self._wake.wait(), sleep_s)
 
     async def fan_out_due(self) -> int:
-        """Fans out up to a batch of due deliveries; returns how many were due."""
-        ids = await repository.due(self._pool, BATCH)
-        for delivery_id in ids:
-            await self._fan_out(delivery_id)
-        return len(ids)
+        """Fans out up to a batch of due deliveries; returns how many were fanned out."""
+        done = 0
+        for delivery_id in await repository.due(self._pool, BATCH):
+            done += await self._fan_out(delivery_id)
+        return done
 
-    async def _fan_out(self, delivery_id: str) -> None:
+    async def _fan_out(self, delivery_id: str) -> bool:
         structlog.contextvars.clear_contextvars()
         structlog.contextvars.bind_contextvars(delivery_id=delivery_id)
         async with repository.delivery_lock(self._pool, delivery_id) as db:
             row = await repository.get_delivery(db, delivery_id)
-            if row is None or row["fanned_out_at"] is not None or row["cancelled_at"] is not None:
-                return
+            if row is None or any(row[name] is not None for name in (
+                    "fanned_out_at", "cancelled_at", "paused_at")):
+                return False
             account_id, urgent = str(row["account_id"]), row["priority"] == "high"
             try:
                 await self._fanout.require_queue(account_id, urgent)
@@ -91,7 +102,8 @@ class Schedule:
                     log.warning("scheduled delivery's account was deleted; not sent")
                 else:
                     log.error("scheduled delivery's account has no queue; tried again later")
-                return
+                return False
             published = await self._fanout.publish(db, delivery_id, account_id, urgent)
             await repository.mark_fanned_out(db, delivery_id)
         log.info("scheduled delivery fanned out", published=published)
+        return True

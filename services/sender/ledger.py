@@ -9,6 +9,9 @@ import asyncpg
 from services.sender.compose import DeliveryContent
 
 SETTLED = frozenset({"sent", "failed", "unknown", "expired", "cancelled"})
+# Not to be sent by the job in hand: settled, or `scheduled` (the job is a stale copy: the
+# dispatcher publishes the recipient's job again, when it is due or its delivery resumed).
+NOT_TO_SEND = SETTLED | {"scheduled"}
 
 
 @dataclass(frozen=True)
@@ -22,10 +25,32 @@ async def recipient(db: asyncpg.Pool, delivery_id: str, index: int) -> asyncpg.R
     return await db.fetchrow(
         "SELECT r.state, r.attempts, r.last_smtp_code, r.last_smtp_message, r.message_id, "
         "d.metadata, d.completed_at, d.sent, d.failed, d.unknown, d.cancelled, d.total, "
-        "d.expires_at "
+        "d.expires_at, d.paused_at "
         "FROM delivery_recipients r JOIN deliveries d USING (delivery_id) "
         "WHERE r.delivery_id = $1 AND r.idx = $2",
         delivery_id, index)
+
+
+async def hold(db: asyncpg.Pool, delivery_id: str, index: int) -> bool:
+    """A paused delivery's job taken out of the queue: its recipient waits as `scheduled`
+    until the dispatcher fans it out again on resume. The recipient's row is locked first,
+    then the delivery's (the order of the outcome record and of a cancel); a resume that
+    committed first leaves nothing to hold (False: the job is sent)."""
+    async with db.acquire() as connection, connection.transaction():
+        state = await connection.fetchval(
+            "SELECT state FROM delivery_recipients WHERE delivery_id = $1 AND idx = $2 "
+            "FOR UPDATE", delivery_id, index)
+        if state not in ("queued", "deferred"):
+            return state == "scheduled"
+        paused = await connection.fetchval(
+            "SELECT paused_at IS NOT NULL FROM deliveries WHERE delivery_id = $1 FOR SHARE",
+            delivery_id)
+        if not paused:
+            return False
+        await connection.execute(
+            "UPDATE delivery_recipients SET state = 'scheduled', updated_at = now() "
+            "WHERE delivery_id = $1 AND idx = $2", delivery_id, index)
+        return True
 
 
 async def content(db: asyncpg.Pool, delivery_id: str,

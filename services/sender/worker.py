@@ -274,10 +274,12 @@ class AccountWorker:
 
     async def _skip(self, message: AbstractIncomingMessage, home: Any | None) -> bool:
         """A job that needs no turn, acked at once without waiting for the account's pause:
-        its recipient was cancelled, or is past its delivery's `expires_at` (settled as
-        `expired` here). A cancelled newsletter of 20,000 jobs drains in seconds, not in
-        20,000 pauses. Whatever fails here is left to the job's ordinary path, which reads
-        the ledger again and has the fault handling."""
+        its recipient was cancelled, is past its delivery's `expires_at` (settled as
+        `expired` here), or its delivery is paused (the recipient waits as `scheduled`; the
+        dispatcher publishes its job again on resume; a `scheduled` recipient's job is never
+        sent: it is a stale copy). A cancelled newsletter of 20,000 jobs drains in seconds,
+        not in 20,000 pauses. Whatever fails here is left to the job's ordinary path, which
+        reads the ledger again and has the fault handling."""
         try:
             job = SendJob.model_validate_json(message.body)
         except ValidationError:
@@ -289,10 +291,15 @@ class AccountWorker:
             row = await ledger.recipient(self._parts.pool, job.delivery_id, job.index)
             if row is None:
                 return False
-            if row["state"] not in ("cancelled", "expired"):
-                if row["state"] in ledger.SETTLED or not expired(row):
+            state = row["state"]
+            if state in ledger.SETTLED - {"cancelled", "expired"}:
+                return False
+            if state in ("queued", "deferred", "new"):
+                if expired(row):
+                    await self._expire(job, row, queue_account)
+                elif row["paused_at"] is None or not await ledger.hold(
+                        self._parts.pool, job.delivery_id, job.index):
                     return False
-                await self._expire(job, row, queue_account)
             await message.ack()
         except Exception:
             log.warning("skipping a cancelled or expired job failed; it takes its turn",
@@ -393,7 +400,7 @@ class AccountWorker:
             mail = composer.compose(email=job.email, name=job.name, vars=job.vars)
         except (LookupError, ValueError) as error:
             row = await ledger.recipient(self._parts.pool, job.delivery_id, job.index)
-            if row is None or row["state"] in ledger.SETTLED:
+            if row is None or row["state"] in ledger.NOT_TO_SEND:
                 return await self._already_done(job, row)
             if isinstance(error, LookupError):
                 raise
@@ -431,7 +438,7 @@ class AccountWorker:
 
         async def still_to_send() -> bool:
             row = await check
-            return row is not None and row["state"] not in ledger.SETTLED and not expired(row)
+            return row is not None and row["state"] not in ledger.NOT_TO_SEND and not expired(row)
 
         started = time.perf_counter()
         try:
@@ -442,13 +449,13 @@ class AccountWorker:
         except Withdrawn:
             await self._recorder.mark_end()
             row = check.result()
-            if row is not None and row["state"] not in ledger.SETTLED:  # it expired
+            if row is not None and row["state"] not in ledger.NOT_TO_SEND:  # it expired
                 await self._expire(job, row, self._queue_account)
                 return Ack()
             return await self._already_done(job, row)
         except SmtpStageError as error:
             row = await check
-            if row is None or row["state"] in ledger.SETTLED:
+            if row is None or row["state"] in ledger.NOT_TO_SEND:
                 await self._recorder.mark_end()
                 return await self._already_done(job, row)
             return await self._failed(job, row, metadata, error, classify(error))
@@ -473,8 +480,8 @@ class AccountWorker:
         if row is None:
             return ToDead("unknown_delivery", f"no recipient row for {job.job_id}")
         state = row["state"]
-        if state in ("cancelled", "expired"):
-            log.info("job cancelled or expired; not sent", outcome=state)
+        if state in ("cancelled", "expired", "scheduled"):
+            log.info("job cancelled, expired or held back; not sent", outcome=state)
             return Ack()
         if state == "sent":
             await self._parts.events.publish(MailSent(

@@ -115,7 +115,8 @@ class Dispatcher:
                 message_id=request.delivery_id))
 
         app = create_app(self.pool, TokenVerifier("HS256", JWT_SECRET), Health(),
-                         self.canceller, publish_request, max_request_bytes=64 * 1024)
+                         self.canceller, publish_request, max_request_bytes=64 * 1024,
+                         wake_schedule=self.schedule.wake)
         return httpx.AsyncClient(transport=httpx.ASGITransport(app=app),
                                  base_url="http://dispatcher")
 

@@ -1,11 +1,13 @@
 """Delivery control at the SMTP server (contract §6): an urgent mail overtakes a queued bulk
-delivery, an expired recipient is not sent, a cancel stops a delivery being sent."""
+delivery, an expired recipient is not sent, a cancel stops a delivery being sent, a paused
+delivery waits while the account's others go on."""
 
 import time
 from datetime import UTC, datetime, timedelta
 from typing import Any
 
 from tests.conftest import eventually
+from tests.integration.accounts_fixtures import auth
 from tests.integration.dispatcher_fixtures import request_body
 from tests.integration.sender_fixtures import SenderStack, sender_on
 from tests.integration.test_sender import ledger_states, recipients
@@ -122,3 +124,43 @@ async def test_a_cancel_during_sending_stops_it_at_once_and_counts_right(
                                    and e["recipient"] == to)
         assert len([e for e in stack.of_type("mail.sent")
                     if e["delivery_id"] == delivery_id]) == at_server
+
+
+async def test_a_paused_delivery_waits_while_the_accounts_others_go_on_and_resumes_once(
+    start_sender: Any,
+) -> None:
+    async with smtp_server() as server:
+        stack = await sender_on(start_sender, server, send_interval_ms=100)
+        paused = request_body(account_id=stack.account_id, recipients=recipients(20, "a"))
+        other = request_body(account_id=stack.account_id, recipients=recipients(5, "b"))
+        await stack.dispatcher.publish_request(paused)
+        await server.wait_until(lambda: len(server.messages) >= 3, timeout=20)
+        async with stack.dispatcher.http() as client:
+            answer = await client.post(f"/v1/deliveries/{paused['delivery_id']}/pause",
+                                       headers=auth("tanaka", admin=False))
+            assert answer.json()["state"] == "paused"
+            paused_by = time.monotonic()
+            await stack.dispatcher.publish_request(other)
+            await stack.completed(other["delivery_id"], timeout=20)
+            await eventually(lambda: queue_empty(stack), timeout=5)
+            held = await ledger_states(stack, paused["delivery_id"])
+            sent_before = held.get("sent", 0)
+            assert held == {"sent": sent_before, "scheduled": 20 - sent_before}
+            begun_after = [m.rcpt_tos[0] for m in server.messages
+                           if m.started_at > paused_by and m.rcpt_tos[0].startswith("a")]
+            assert begun_after == []
+            status = await client.get(f"/v1/deliveries/{paused['delivery_id']}",
+                                      headers=auth())
+            assert (status.json()["state"], status.json()["scheduled"]) == (
+                "paused", 20 - sent_before)
+
+            answer = await client.post(f"/v1/deliveries/{paused['delivery_id']}/resume",
+                                       headers=auth("tanaka", admin=False))
+            assert answer.status_code == 200
+            completed = await stack.completed(paused["delivery_id"], timeout=30)
+        assert (completed["sent"], completed["total"]) == (20, 20)
+    mails = [m.rcpt_tos[0] for m in server.messages]
+    assert sorted(mails) == sorted([f"a{i}@example.com" for i in range(20)]
+                                   + [f"b{i}@example.com" for i in range(5)])
+    assert await ledger_states(stack, paused["delivery_id"]) == {"sent": 20}
+    assert min(gaps(server)) >= 0.1
