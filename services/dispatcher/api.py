@@ -29,8 +29,6 @@ def delivery_state(row: Any, counts: dict[str, int]) -> str:
     if row["completed_at"] is not None or (
             total and sum(counts[state] for state in SETTLED) == total):
         return "completed"
-    if row["cancelled_at"] is not None:
-        return "cancelling"  # what was on the wire when the cancel came is still to settle
     if row["paused_at"] is not None:
         return "paused"
     if row["fanned_out_at"] is None and row["send_at"] is not None:
@@ -97,14 +95,19 @@ def create_app(pool: asyncpg.Pool, verifier: TokenVerifier, health: Health,
         """The delivery's jobs are taken out of the account's queue as they come up (its
         other deliveries go on); its recipients wait as `scheduled` until resumed."""
         row = await visible_delivery(delivery_id, user)
-        if row["paused_at"] is None and await repository.pause(pool, delivery_id) is None:
-            raise HTTPException(409, "the delivery is cancelled or complete")
+        # Under the delivery's lock: after a fan-out in progress (the intake's, the
+        # schedule's), so that a resume's fan-out always comes after it.
+        async with repository.delivery_lock(pool, delivery_id) as db:
+            if row["paused_at"] is None and await repository.pause(db, delivery_id) is None:
+                raise HTTPException(409, "the delivery is cancelled or complete")
         return {"delivery_id": delivery_id, "state": "paused"}
 
     @app.post("/v1/deliveries/{delivery_id}/resume")
     async def resume(delivery_id: str, user: UserDep) -> dict[str, Any]:
         await visible_delivery(delivery_id, user)
-        if await repository.resume(pool, delivery_id) is not None:
+        async with repository.delivery_lock(pool, delivery_id) as db:
+            resumed = await repository.resume(db, delivery_id)
+        if resumed is not None:
             wake_schedule()  # what was taken out goes back into the queue at once
         row = await visible_delivery(delivery_id, user)
         counts = await repository.recipient_counts(pool, delivery_id)

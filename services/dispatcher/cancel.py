@@ -3,7 +3,8 @@
 
 The cancel commits first, then `delivery.cancelled` is published (and `delivery.completed`,
 when the cancel settled the last recipients), then that is marked: a cancel repeated after a
-crash in between publishes the same events again, with the same ids; once marked, a repeat
+crash in between publishes the same events again, with the same ids, and so does the
+schedule's owner for any cancel left unannounced (`announce_pending`); once marked, a repeat
 changes and publishes nothing, and answers the first one's counts. The sender reads each
 recipient's row before its turn and again before DATA: a cancelled job is acked without a
 transaction and without waiting for the account's pause.
@@ -71,6 +72,13 @@ class Canceller:
                      cancelled=row["cancel_count"], sent=row["cancel_sent"])
         return Cancelled(delivery_id, row["cancel_sent"], row["cancel_count"], row["total"],
                          row["requested_by"])
+
+    async def announce_pending(self, older_than_s: float = 10.0) -> int:
+        """Publishes the events of cancels committed but never announced."""
+        pending = await repository.unannounced_cancels(self._pool, older_than_s)
+        for delivery_id in pending:
+            await self.cancel(delivery_id, None)  # changes nothing: only announces
+        return len(pending)
 
     async def requester(self, delivery_id: str) -> tuple[bool, str | None]:
         """(the delivery exists, its requested_by)."""

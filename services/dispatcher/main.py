@@ -58,7 +58,7 @@ async def serve(settings: DispatcherSettings) -> None:
         health.add_check("broker", lambda: not connection.is_closed)
         health.add_check("database", lambda: not pool.is_closing())
         health.add_check("consuming", lambda: consumer.consuming)
-        schedule = Schedule(pool, fanout, settings.schedule_poll_s)
+        schedule = Schedule(pool, fanout, canceller, settings.schedule_poll_s)
         app = create_app(pool, verifier, health, canceller, publish_request,
                          settings.max_request_bytes, schedule.wake)
         server = HttpServer(app, settings.http_host, settings.http_port)

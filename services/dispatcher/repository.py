@@ -114,12 +114,13 @@ _WAITING = ("fanned_out_at IS NULL AND accepted_at IS NOT NULL AND cancelled_at 
             "AND paused_at IS NULL")
 
 
-async def due(db: asyncpg.Connection, limit: int) -> list[str]:
-    """Deliveries to fan out now: scheduled ones whose time has come, resumed ones."""
+async def due(db: asyncpg.Connection, limit: int, skipped: list[str]) -> list[str]:
+    """Deliveries to fan out now: scheduled ones whose time has come, resumed ones; not those
+    `skipped` (waiting for another try)."""
     rows = await db.fetch(
         f"SELECT delivery_id FROM deliveries WHERE {_WAITING} "
-        "AND coalesce(send_at, '-infinity') <= now() ORDER BY send_at NULLS FIRST LIMIT $1",
-        limit)
+        "AND coalesce(send_at, '-infinity') <= now() AND delivery_id <> ALL($2::text[]) "
+        "ORDER BY send_at NULLS FIRST LIMIT $1", limit, skipped)
     return [row["delivery_id"] for row in rows]
 
 
@@ -130,14 +131,14 @@ async def next_due_in_s(db: asyncpg.Connection) -> float | None:
         f"FROM deliveries WHERE {_WAITING}")
 
 
-async def pause(db: asyncpg.Pool, delivery_id: str) -> asyncpg.Record | None:
+async def pause(db: asyncpg.Connection, delivery_id: str) -> asyncpg.Record | None:
     """The delivery stops; None when it was paused already, cancelled or complete."""
     return await db.fetchrow(
         "UPDATE deliveries SET paused_at = now() WHERE delivery_id = $1 AND paused_at IS NULL "
         "AND cancelled_at IS NULL AND completed_at IS NULL RETURNING *", delivery_id)
 
 
-async def resume(db: asyncpg.Pool, delivery_id: str) -> asyncpg.Record | None:
+async def resume(db: asyncpg.Connection, delivery_id: str) -> asyncpg.Record | None:
     """The delivery goes on: what was taken out of the queue is fanned out again by the
     schedule (durably: a resume whose fan-out fails is done by the schedule's next poll).
     None when it was not paused."""
@@ -180,6 +181,16 @@ async def cancel(db: asyncpg.Connection, delivery_id: str,
                 delivery_id, requested_by, count)
         return await db.fetchrow("SELECT * FROM deliveries WHERE delivery_id = $1",
                                  delivery_id)
+
+
+async def unannounced_cancels(db: asyncpg.Pool, older_than_s: float) -> list[str]:
+    """Cancels committed a while ago whose events were not published (a publish that failed,
+    a dispatcher that died in between)."""
+    rows = await db.fetch(
+        "SELECT delivery_id FROM deliveries WHERE cancelled_at IS NOT NULL "
+        "AND cancel_announced_at IS NULL AND cancelled_at < now() - $1 * interval '1 second' "
+        "LIMIT 100", older_than_s)
+    return [row["delivery_id"] for row in rows]
 
 
 async def mark_cancel_announced(db: asyncpg.Pool, delivery_id: str) -> None:

@@ -7,29 +7,38 @@ session advisory lock on a connection of its own: when that dispatcher dies, its
 goes, the lock with it, and another one takes over within a poll). The owner fans out what
 is due with the fan-out of every delivery, under the delivery's own lock, so a request
 redelivered at the same moment cannot publish it twice. A restart loses nothing: what is due
-is read from the table.
+is read from the table. The owner also publishes the events of a cancel that was committed
+but never announced (cancel.py). A delivery that cannot be fanned out now is tried again
+after a backoff, never holding up the others.
 """
 
 import asyncio
 import contextlib
+import time
 
 import asyncpg
 import structlog
 
 from services.dispatcher import repository
+from services.dispatcher.cancel import Canceller
 from services.dispatcher.fanout import FanOut, Unroutable
 
 log = structlog.get_logger(__name__)
 
 SCHEDULE_LOCK = 0x6D61696C_73636864  # "mailschd"
 BATCH = 100
+RETRY_S = (5.0, 300.0)  # a delivery that could not be fanned out: first and longest backoff
 
 
 class Schedule:
-    def __init__(self, pool: asyncpg.Pool, fanout: FanOut, poll_s: float) -> None:
+    def __init__(self, pool: asyncpg.Pool, fanout: FanOut, canceller: Canceller,
+                 poll_s: float, announce_after_s: float = 10.0) -> None:
         self._pool = pool
         self._fanout = fanout
+        self._canceller = canceller
+        self._announce_after_s = announce_after_s  # a cancel in progress announces itself
         self._poll_s = poll_s
+        self._backoff: dict[str, tuple[float, float]] = {}  # id -> (not before, last delay)
         self.owner = False
         self.tries = 0  # at the schedule's lock
         self._wake = asyncio.Event()
@@ -69,6 +78,10 @@ class Schedule:
             self._wake.clear()
             while await self.fan_out_due() == BATCH:
                 pass
+            try:
+                await self._canceller.announce_pending(self._announce_after_s)
+            except Exception:
+                log.exception("announcing a cancel failed; tried again at the next poll")
             wait_s = await repository.next_due_in_s(self._pool)
             # Due already (one that could not be fanned out, or just come): the next poll.
             sleep_s = self._poll_s if wait_s is None or wait_s <= 0 else min(self._poll_s,
@@ -78,9 +91,23 @@ class Schedule:
 
     async def fan_out_due(self) -> int:
         """Fans out up to a batch of due deliveries; returns how many were fanned out."""
+        now = time.monotonic()
+        waiting = [key for key, (at, _) in self._backoff.items() if at > now]
         done = 0
-        for delivery_id in await repository.due(self._pool, BATCH):
-            done += await self._fan_out(delivery_id)
+        for delivery_id in await repository.due(self._pool, BATCH, waiting):
+            try:
+                fanned = await self._fan_out(delivery_id)
+            except Exception:
+                log.exception("fanning out a scheduled delivery failed; tried again later",
+                              delivery_id=delivery_id)
+                fanned = False
+            if fanned:
+                self._backoff.pop(delivery_id, None)
+                done += 1
+            else:
+                last = self._backoff.get(delivery_id, (0.0, RETRY_S[0] / 2))[1]
+                delay = min(last * 2, RETRY_S[1])
+                self._backoff[delivery_id] = (time.monotonic() + delay, delay)
         return done
 
     async def _fan_out(self, delivery_id: str) -> bool:
@@ -90,7 +117,7 @@ class Schedule:
             row = await repository.get_delivery(db, delivery_id)
             if row is None or any(row[name] is not None for name in (
                     "fanned_out_at", "cancelled_at", "paused_at")):
-                return False
+                return True  # nothing left to do for it
             account_id, urgent = str(row["account_id"]), row["priority"] == "high"
             try:
                 await self._fanout.require_queue(account_id, urgent)

@@ -32,6 +32,10 @@ LostHook = Callable[[list[str], str], None]
 OnMessage = Callable[[Any, bool], Awaitable[None]]  # (message, from the urgent queue)
 
 
+class ConsumerGone(Exception):
+    pass
+
+
 async def _deliver(on_message: OnMessage, urgent: bool, message: Any) -> None:
     await on_message(message, urgent)
 
@@ -43,6 +47,8 @@ class _Slot:
     # normal queue's consumer tag -> the urgent queue and its consumer tag, and back
     urgent: dict[str, tuple[AbstractQueue, str]] = field(default_factory=dict)
     pair_of: dict[str, str] = field(default_factory=dict)
+    # tags the broker cancelled before they were registered (between the pair's two consumes)
+    gone: set[str] = field(default_factory=set)
 
 
 class ConsumerChannels:
@@ -72,6 +78,7 @@ class ConsumerChannels:
         except Exception:
             self._forget_connection()
             raise
+        urgent_tag: str | None = None
         try:
             queue, urgent = await self._topology.declare_account_queues(slot.channel,
                                                                          account_id)
@@ -82,6 +89,17 @@ class ConsumerChannels:
             # closed here; the consumers it carried are reported lost and moved.
             await self._discard(slot, "a command on the channel failed")
             raise
+        except BaseException:  # cancelled half-way (a shutdown): no consumer left behind
+            if urgent_tag is not None:
+                with contextlib.suppress(Exception):
+                    await urgent.cancel(urgent_tag)
+            raise
+        if slot.gone & {tag, urgent_tag}:
+            # The broker cancelled one of the pair as it was subscribed (its queue deleted,
+            # or its leader lost): the other goes too, and the subscription fails.
+            slot.gone -= {tag, urgent_tag}
+            await self._cancel_consumers(slot, [tag, urgent_tag])
+            raise ConsumerGone(f"the broker cancelled a consumer of account {account_id}")
         slot.tags[tag] = account_id
         slot.urgent[tag] = (urgent, urgent_tag)
         slot.pair_of[urgent_tag] = tag
@@ -169,6 +187,7 @@ class ConsumerChannels:
         account = slot.tags.pop(tag, None)
         pair = slot.urgent.pop(tag, None)
         if account is None:
+            slot.gone.add(tag)  # not registered yet: `consume` sees it when it registers
             return
         partners = [tag] + ([pair[1]] if pair else [])
         for each in partners:

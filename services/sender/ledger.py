@@ -40,7 +40,7 @@ async def hold(db: asyncpg.Pool, delivery_id: str, index: int) -> bool:
         state = await connection.fetchval(
             "SELECT state FROM delivery_recipients WHERE delivery_id = $1 AND idx = $2 "
             "FOR UPDATE", delivery_id, index)
-        if state not in ("queued", "deferred"):
+        if state not in ("new", "queued", "deferred"):
             return state == "scheduled"
         paused = await connection.fetchval(
             "SELECT paused_at IS NOT NULL FROM deliveries WHERE delivery_id = $1 FOR SHARE",

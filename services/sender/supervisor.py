@@ -232,6 +232,7 @@ class Supervisor:
             await self._consumers.cancel(worker.queue, worker.consumer_tag)
         worker.consumer_tag = None
         worker.consuming = False
+        worker.stop_waiting()
         if not self._stopping:  # stop() gives the leases back once the sends in hand are done
             self._spawn(self._release_when_idle(worker), "release lease")
         log.info("not consuming", account_id=worker.account_id)

@@ -39,10 +39,14 @@ async def orphans(db: asyncpg.Connection, grace: timedelta,
 
 async def sweep_once(pool: asyncpg.Pool, grace: timedelta, limit: int = 500) -> int:
     """Settles up to `limit` orphans; returns how many. 0 when another sender sweeps."""
-    async with pool.acquire() as db, db.transaction():
-        if not await db.fetchval("SELECT pg_try_advisory_xact_lock($1)", SWEEP_LOCK):
-            return 0
-        rows = await orphans(db, grace, limit)
+    async with pool.acquire() as db:
+        async with db.transaction():
+            if not await db.fetchval("SELECT pg_try_advisory_xact_lock($1)", SWEEP_LOCK):
+                return 0
+            rows = await orphans(db, grace, limit)
+        # One record a transaction, as a send's: a delivery's row is never held from one
+        # recipient to the next (a cancel locks the recipients first, then the delivery). A
+        # second sweeper reading the same orphans meanwhile records nothing twice.
         settled = 0
         for row in rows:
             delivery_id, index = row["delivery_id"], row["idx"]

@@ -4,6 +4,9 @@ A worker holds at most one job of each of its account's two queues (prefetch 1 e
 next turn is given when the account's pause ends, not when the last send ends: a normal job
 that arrived first still waits through the pause, and an urgent job that arrives meanwhile
 takes the turn from it. The pause itself is still kept by the pacer, whoever goes.
+
+A normal job passed over for `promote_after_s` goes next, whatever waits: a long urgent
+delivery never holds a normal job in hand past the broker's consumer timeout.
 """
 
 import asyncio
@@ -12,30 +15,42 @@ import time
 from collections.abc import AsyncIterator, Callable
 from contextlib import asynccontextmanager
 
+PROMOTE_AFTER_S = 300.0
+
+
+class Interrupted(Exception):
+    """The worker stopped consuming: the jobs waiting for a turn go back to the broker."""
+
 
 class Turns:
-    def __init__(self, ready_at: Callable[[], float]) -> None:
+    def __init__(self, ready_at: Callable[[], float],
+                 promote_after_s: float = PROMOTE_AFTER_S) -> None:
         self._ready_at = ready_at  # time.monotonic when the account's pause ends
+        self._promote_after_s = promote_after_s
         self._held = False
-        self._waiting: dict[tuple[int, int], asyncio.Future[None]] = {}
+        # (urgent first, arrival order) -> (arrived at, its future)
+        self._waiting: dict[tuple[int, int], tuple[float, asyncio.Future[None]]] = {}
         self._order = itertools.count()
         self._timer: asyncio.TimerHandle | None = None
 
-    @property
-    def waiting_urgent(self) -> bool:
-        return any(rank == 0 for rank, _ in self._waiting)
+    def interrupt(self) -> None:
+        """Every job waiting for a turn gives up (`Interrupted`); the one sending goes on."""
+        waiting, self._waiting = self._waiting, {}
+        for _arrived, future in waiting.values():
+            if not future.done():
+                future.set_exception(Interrupted())
 
     @asynccontextmanager
     async def turn(self, urgent: bool) -> AsyncIterator[None]:
         key = (0 if urgent else 1, next(self._order))
         future = asyncio.get_running_loop().create_future()
-        self._waiting[key] = future
+        self._waiting[key] = (time.monotonic(), future)
         self._next()
         try:
             await future
         except BaseException:
             self._waiting.pop(key, None)
-            if future.done() and not future.cancelled():
+            if future.done() and not future.cancelled() and future.exception() is None:
                 self._release()  # given the turn just as it was cancelled: pass it on
             else:
                 self._next()
@@ -59,9 +74,12 @@ class Turns:
         if wait_s > 0:
             self._timer = asyncio.get_running_loop().call_later(wait_s, self._on_timer)
             return
-        key = min(self._waiting)
+        now = time.monotonic()
+        overdue = [key for key, (arrived, _) in self._waiting.items()
+                   if key[0] == 1 and now - arrived >= self._promote_after_s]
+        key = min(overdue, key=lambda k: k[1]) if overdue else min(self._waiting)
         self._held = True
-        self._waiting.pop(key).set_result(None)
+        self._waiting.pop(key)[1].set_result(None)
 
     def _on_timer(self) -> None:
         self._timer = None

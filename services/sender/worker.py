@@ -36,7 +36,7 @@ from services.sender.pacer import Pacer, QuotaReached
 from services.sender.parts import SenderParts
 from services.sender.recorder import Recorder
 from services.sender.throttle import RateLearner
-from services.sender.turns import Turns
+from services.sender.turns import Interrupted, Turns
 from shared.accounts import smtp_endpoint
 from shared.crypto import UndecryptableSecret
 from shared.messages import (
@@ -231,46 +231,65 @@ class AccountWorker:
                     urgent: bool) -> None:
         if await self._skip(message, home):
             return
-        async with self.turns.turn(urgent), self.busy:
-            self._home = home
-            self._urgent = urgent
-            structlog.contextvars.clear_contextvars()
-            structlog.contextvars.bind_contextvars(account_id=self.account_id)
-            if home is not None:
-                structlog.contextvars.bind_contextvars(requested_account_id=str(home["id"]))
-            arrived = time.monotonic()
-            delay = FIRST_JOB_RETRY_S
-            disposition: Disposition | None = None
-            try:
-                while True:
-                    if disposition is None and (self.paused or not self.consuming):
-                        # Delivered before our cancel reached the broker: back to the head.
-                        with contextlib.suppress(Exception):
-                            await message.nack(requeue=True)
+        if self.paused or not self.consuming:
+            await self._give_back(message)
+            return
+        try:
+            async with self.turns.turn(urgent), self.busy:
+                await self._take_in_turn(message, home, urgent)
+        except Interrupted:
+            await self._give_back(message)
+
+    def stop_waiting(self) -> None:
+        """The consumer was cancelled: the jobs waiting for a turn go back to the broker at
+        once (another replica, or a standby, may take them), not when their turn comes."""
+        self.turns.interrupt()
+
+    @staticmethod
+    async def _give_back(message: AbstractIncomingMessage) -> None:
+        # Delivered before our cancel reached the broker: back to the head.
+        with contextlib.suppress(Exception):
+            await message.nack(requeue=True)
+
+    async def _take_in_turn(self, message: AbstractIncomingMessage, home: Any | None,
+                            urgent: bool) -> None:
+        self._home = home
+        self._urgent = urgent
+        structlog.contextvars.clear_contextvars()
+        structlog.contextvars.bind_contextvars(account_id=self.account_id)
+        if home is not None:
+            structlog.contextvars.bind_contextvars(requested_account_id=str(home["id"]))
+        arrived = time.monotonic()
+        delay = FIRST_JOB_RETRY_S
+        disposition: Disposition | None = None
+        try:
+            while True:
+                if disposition is None and (self.paused or not self.consuming):
+                    await self._give_back(message)
+                    return
+                try:
+                    if disposition is None:
+                        disposition = await self._process(message.body, arrived)
+                    # Once decided, only the message's fate is retried, not the send.
+                    await self._carry_out(message, disposition)
+                    return
+                except Exception:
+                    if not _channel_open(message):
+                        log.warning("the job's channel closed: the broker gives the job "
+                                    "again (its outcome, if any, is recorded)")
                         return
-                    try:
-                        if disposition is None:
-                            disposition = await self._process(message.body, arrived)
-                        # Once decided, only the message's fate is retried, not the send.
-                        await self._carry_out(message, disposition)
-                        return
-                    except Exception:
-                        if not _channel_open(message):
-                            log.warning("the job's channel closed: the broker gives the job "
-                                        "again (its outcome, if any, is recorded)")
-                            return
-                        self._stall(True)
-                        metrics.JOB_RETRIES.labels(self.account_id).inc()
-                        log.exception("job failed for a reason not the recipient's; it stays "
-                                      "in hand and is tried again", retry_in_s=delay)
-                        if disposition is None:
-                            await self._drop_session()
-                        await asyncio.sleep(delay)
-                        delay = min(delay * 2, MAX_JOB_RETRY_S)
-            finally:
-                self._stall(False)
-                self._home = None
-                self._urgent = False
+                    self._stall(True)
+                    metrics.JOB_RETRIES.labels(self.account_id).inc()
+                    log.exception("job failed for a reason not the recipient's; it stays "
+                                  "in hand and is tried again", retry_in_s=delay)
+                    if disposition is None:
+                        await self._drop_session()
+                    await asyncio.sleep(delay)
+                    delay = min(delay * 2, MAX_JOB_RETRY_S)
+        finally:
+            self._stall(False)
+            self._home = None
+            self._urgent = False
 
     async def _skip(self, message: AbstractIncomingMessage, home: Any | None) -> bool:
         """A job that needs no turn, acked at once without waiting for the account's pause:
@@ -438,7 +457,8 @@ class AccountWorker:
 
         async def still_to_send() -> bool:
             row = await check
-            return row is not None and row["state"] not in ledger.NOT_TO_SEND and not expired(row)
+            return (row is not None and row["state"] not in ledger.NOT_TO_SEND
+                    and not expired(row) and row["paused_at"] is None)
 
         started = time.perf_counter()
         try:
@@ -449,9 +469,14 @@ class AccountWorker:
         except Withdrawn:
             await self._recorder.mark_end()
             row = check.result()
-            if row is not None and row["state"] not in ledger.NOT_TO_SEND:  # it expired
-                await self._expire(job, row, self._queue_account)
-                return Ack()
+            if row is not None and row["state"] not in ledger.NOT_TO_SEND:
+                if expired(row):
+                    await self._expire(job, row, self._queue_account)
+                    return Ack()
+                # Its delivery was paused while the job waited for its turn.
+                if await ledger.hold(self._parts.pool, job.delivery_id, job.index):
+                    return Ack()
+                return ToQueue(self._queue_account)  # resumed meanwhile: sent in its turn
             return await self._already_done(job, row)
         except SmtpStageError as error:
             row = await check

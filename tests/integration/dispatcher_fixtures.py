@@ -147,7 +147,7 @@ async def dispatcher(pool: asyncpg.Pool, amqp: AbstractRobustConnection,
     consumer = RequestConsumer(await consuming.get_queue(topology.requests_queue), intake,
                                CancelIntake(canceller, letters))
     await consumer.start()
-    schedule = Schedule(pool, fanout, poll_s=0.2)
+    schedule = Schedule(pool, fanout, canceller, poll_s=0.2, announce_after_s=0.5)
     scheduling = asyncio.create_task(schedule.run())
     stack = Dispatcher(pool, channel, topology, account_id, events, dead, consumer, canceller,
                        schedule, fanout, scheduling)

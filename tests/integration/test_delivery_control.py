@@ -6,6 +6,7 @@ from datetime import UTC, datetime, timedelta
 
 import orjson
 
+from services.dispatcher import repository
 from services.dispatcher.schedule import Schedule
 from tests.conftest import eventually
 from tests.integration.accounts_fixtures import auth
@@ -160,7 +161,7 @@ async def test_a_scheduled_delivery_is_accepted_at_once_and_fanned_out_at_its_ti
     # The dispatcher "restarts": its schedule is gone; a new one reads the table.
     await dispatcher.stop_schedule()
     assert await _queued_jobs(dispatcher) == 0
-    restarted = Schedule(dispatcher.pool, dispatcher.fanout, poll_s=0.2)
+    restarted = Schedule(dispatcher.pool, dispatcher.fanout, dispatcher.canceller, poll_s=0.2)
     running = asyncio.create_task(restarted.run())
     try:
         await eventually(lambda: _has_jobs(dispatcher, 2), timeout=10)
@@ -177,7 +178,7 @@ async def test_one_schedule_owner_among_dispatchers_and_another_takes_over(
         return dispatcher.schedule.owner
 
     await eventually(owned_by_the_first, timeout=5)
-    second = Schedule(dispatcher.pool, dispatcher.fanout, poll_s=0.2)
+    second = Schedule(dispatcher.pool, dispatcher.fanout, dispatcher.canceller, poll_s=0.2)
     running = asyncio.create_task(second.run())
     try:
         async def second_tried() -> bool:
@@ -266,3 +267,19 @@ async def test_a_cancel_by_amqp_cancels_what_is_queued(dispatcher: Dispatcher) -
     completed = await dispatcher.next_event()
     assert (completed["type"], completed["cancelled"]) == ("delivery.completed", 2)
     assert orjson.loads(orjson.dumps(cancelled))["delivery_id"] == body["delivery_id"]
+
+
+async def test_a_cancel_committed_but_never_announced_is_announced_by_the_schedule(
+    dispatcher: Dispatcher,
+) -> None:
+    body = request_body(account_id=dispatcher.account_id)
+    await dispatcher.publish_request(body)
+    await dispatcher.next_event()
+    # The dispatcher died between the cancel's commit and its events.
+    async with dispatcher.pool.acquire() as db:
+        await repository.cancel(db, body["delivery_id"], "tanaka")
+    cancelled = await dispatcher.next_event(timeout=10)
+    assert (cancelled["type"], cancelled["cancelled"]) == ("delivery.cancelled", 2)
+    completed = await dispatcher.next_event()
+    assert (completed["type"], completed["cancelled"]) == ("delivery.completed", 2)
+    await _no_more_events(dispatcher, within_s=1.0)
