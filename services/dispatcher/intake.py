@@ -75,8 +75,10 @@ class Intake:
             if stored is not None and stored["accepted_at"] is not None:
                 return "already accepted"  # a repeat
             if stored is None:
+                # On the locked connection: no second one taken from the pool while this
+                # one is held (requests in hand at once would wait on each other).
                 prepared = prepare(request, await repository.find_account(
-                    self._pool, request.account_id))
+                    db, request.account_id))
                 await self._require_queue(prepared.account_id, request.delivery_id, urgent)
                 await repository.store(db, prepared, sha256, scheduled)
                 account_id, total = prepared.account_id, len(prepared.recipients)

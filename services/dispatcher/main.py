@@ -2,8 +2,10 @@
 
 import asyncio
 import contextlib
+import functools
 from pathlib import Path
 
+import asyncpg
 import structlog
 
 from services.dispatcher.api import create_app
@@ -58,7 +60,9 @@ async def serve(settings: DispatcherSettings) -> None:
         health.add_check("broker", lambda: not connection.is_closed)
         health.add_check("database", lambda: not pool.is_closing())
         health.add_check("consuming", lambda: consumer.consuming)
-        schedule = Schedule(pool, fanout, canceller, settings.schedule_poll_s)
+        dsn = settings.postgres_dsn.get_secret_value()
+        schedule = Schedule(pool, functools.partial(asyncpg.connect, dsn), fanout, canceller,
+                            settings.schedule_poll_s)
         app = create_app(pool, verifier, health, canceller, publish_request,
                          settings.max_request_bytes, schedule.wake)
         server = HttpServer(app, settings.http_host, settings.http_port)

@@ -14,7 +14,7 @@ RECIPIENT_STATES = ("new", "scheduled", "queued", "deferred", "sent", "failed", 
 CANCELLABLE = ["new", "scheduled", "queued", "deferred"]
 
 
-async def find_account(db: asyncpg.Pool, account_id: str | None) -> asyncpg.Record | None:
+async def find_account(db: asyncpg.Connection, account_id: str | None) -> asyncpg.Record | None:
     """The named live account, or the default one when none is named."""
     if account_id is None:
         return await db.fetchrow(
@@ -127,7 +127,7 @@ async def due(db: asyncpg.Connection, limit: int, skipped: list[str]) -> list[st
 async def next_due_in_s(db: asyncpg.Connection) -> float | None:
     """Seconds until the next delivery is due (None: none waits)."""
     return await db.fetchval(
-        "SELECT extract(epoch FROM min(coalesce(send_at, '-infinity')) - now())::float8 "
+        "SELECT extract(epoch FROM min(coalesce(send_at, now())) - now())::float8 "
         f"FROM deliveries WHERE {_WAITING}")
 
 

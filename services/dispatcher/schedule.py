@@ -3,8 +3,9 @@ the database.
 
 A delivery with a `send_at` in the future is stored and accepted at once, its recipients
 `scheduled`; nothing of it is in the broker. One dispatcher at a time owns the schedule (a
-session advisory lock on a connection of its own: when that dispatcher dies, its connection
-goes, the lock with it, and another one takes over within a poll). The owner fans out what
+session advisory lock on a connection of its own, outside the pool, so that it never takes
+one from the requests: when that dispatcher dies, its connection goes, the lock with it, and
+another one takes over within a poll). The owner fans out what
 is due with the fan-out of every delivery, under the delivery's own lock, so a request
 redelivered at the same moment cannot publish it twice. A restart loses nothing: what is due
 is read from the table. The owner also publishes the events of a cancel that was committed
@@ -15,6 +16,7 @@ after a backoff, never holding up the others.
 import asyncio
 import contextlib
 import time
+from collections.abc import Awaitable, Callable
 
 import asyncpg
 import structlog
@@ -31,9 +33,11 @@ RETRY_S = (5.0, 300.0)  # a delivery that could not be fanned out: first and lon
 
 
 class Schedule:
-    def __init__(self, pool: asyncpg.Pool, fanout: FanOut, canceller: Canceller,
-                 poll_s: float, announce_after_s: float = 10.0) -> None:
+    def __init__(self, pool: asyncpg.Pool, connect: Callable[[], Awaitable[asyncpg.Connection]],
+                 fanout: FanOut, canceller: Canceller, poll_s: float,
+                 announce_after_s: float = 10.0) -> None:
         self._pool = pool
+        self._connect = connect  # the lock holder's own connection
         self._fanout = fanout
         self._canceller = canceller
         self._announce_after_s = announce_after_s  # a cancel in progress announces itself
@@ -51,20 +55,18 @@ class Schedule:
         """Forever: waits to own the schedule, then fans out what comes due."""
         while True:
             try:
-                async with self._pool.acquire() as holder:
+                holder = await self._connect()
+                try:
                     got = await holder.fetchval("SELECT pg_try_advisory_lock($1)",
                                                 SCHEDULE_LOCK)
                     self.tries += 1
                     if got:
-                        try:
-                            self.owner = True
-                            log.info("this dispatcher owns the schedule")
-                            await self._own(holder)
-                        finally:
-                            self.owner = False
-                            with contextlib.suppress(Exception):
-                                await holder.execute("SELECT pg_advisory_unlock($1)",
-                                                     SCHEDULE_LOCK)
+                        self.owner = True
+                        log.info("this dispatcher owns the schedule")
+                        await self._own(holder)
+                finally:
+                    self.owner = False
+                    holder.terminate()  # the lock goes with the connection
             except asyncio.CancelledError:
                 raise
             except Exception:

@@ -2,9 +2,11 @@
 
 import asyncio
 import contextlib
+import functools
 import uuid
 from collections.abc import AsyncIterator
 from dataclasses import dataclass
+from typing import Any
 
 import asyncpg
 import httpx
@@ -80,6 +82,10 @@ class Dispatcher:
     schedule: Schedule
     fanout: FanOut
     scheduling: asyncio.Task
+    connect: Any  # a connection of its own, for a schedule
+
+    def new_schedule(self) -> Schedule:
+        return Schedule(self.pool, self.connect, self.fanout, self.canceller, poll_s=0.2)
 
     async def stop_schedule(self) -> None:
         self.scheduling.cancel()
@@ -125,8 +131,8 @@ class Dispatcher:
 
 
 @pytest.fixture
-async def dispatcher(pool: asyncpg.Pool, amqp: AbstractRobustConnection,
-                     unique: str) -> AsyncIterator[Dispatcher]:
+async def dispatcher(pool: asyncpg.Pool, amqp: AbstractRobustConnection, unique: str,
+                     postgres_dsn: str) -> AsyncIterator[Dispatcher]:
     await migrate_all(pool)
     # Short retry delays, so that the sender's tests see retries come back.
     topology = Topology(prefix=unique, retry_delays_s=(1, 2))
@@ -147,10 +153,11 @@ async def dispatcher(pool: asyncpg.Pool, amqp: AbstractRobustConnection,
     consumer = RequestConsumer(await consuming.get_queue(topology.requests_queue), intake,
                                CancelIntake(canceller, letters))
     await consumer.start()
-    schedule = Schedule(pool, fanout, canceller, poll_s=0.2, announce_after_s=0.5)
+    connect = functools.partial(asyncpg.connect, postgres_dsn)
+    schedule = Schedule(pool, connect, fanout, canceller, poll_s=0.2, announce_after_s=0.5)
     scheduling = asyncio.create_task(schedule.run())
     stack = Dispatcher(pool, channel, topology, account_id, events, dead, consumer, canceller,
-                       schedule, fanout, scheduling)
+                       schedule, fanout, scheduling, connect)
     yield stack
     await stack.stop_schedule()
     await consumer.stop(10)

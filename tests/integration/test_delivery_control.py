@@ -7,7 +7,6 @@ from datetime import UTC, datetime, timedelta
 import orjson
 
 from services.dispatcher import repository
-from services.dispatcher.schedule import Schedule
 from tests.conftest import eventually
 from tests.integration.accounts_fixtures import auth
 from tests.integration.amqp_helpers import receive
@@ -161,7 +160,7 @@ async def test_a_scheduled_delivery_is_accepted_at_once_and_fanned_out_at_its_ti
     # The dispatcher "restarts": its schedule is gone; a new one reads the table.
     await dispatcher.stop_schedule()
     assert await _queued_jobs(dispatcher) == 0
-    restarted = Schedule(dispatcher.pool, dispatcher.fanout, dispatcher.canceller, poll_s=0.2)
+    restarted = dispatcher.new_schedule()
     running = asyncio.create_task(restarted.run())
     try:
         await eventually(lambda: _has_jobs(dispatcher, 2), timeout=10)
@@ -178,7 +177,7 @@ async def test_one_schedule_owner_among_dispatchers_and_another_takes_over(
         return dispatcher.schedule.owner
 
     await eventually(owned_by_the_first, timeout=5)
-    second = Schedule(dispatcher.pool, dispatcher.fanout, dispatcher.canceller, poll_s=0.2)
+    second = dispatcher.new_schedule()
     running = asyncio.create_task(second.run())
     try:
         async def second_tried() -> bool:
