@@ -446,6 +446,20 @@ def ensure_packages():
             raise StackError(f"{' '.join(missing)} installed, but its programs are not found")
 
 
+def ensure_browser():
+    """Debian's Chromium, for the browser tests (Playwright cannot download one here)."""
+    if shutil.which("chromium"):
+        return
+    if apt_busy() and not wait_until(lambda: not apt_busy(), 1200, 2):
+        raise StackError("apt-get/dpkg still running after 20 minutes")
+    print("stack: installing chromium with apt-get ...", flush=True)
+    env = dict(os.environ, DEBIAN_FRONTEND="noninteractive")
+    run(["apt-get", "update"], env=env, timeout=900)
+    run(["apt-get", "install", "-y", "chromium"], env=env, timeout=1800)
+    if not shutil.which("chromium"):
+        raise StackError("chromium installed, but /usr/bin/chromium is not found")
+
+
 # --- commands ---
 
 
@@ -542,7 +556,7 @@ def main():
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("command",
                         choices=("up", "down", "restart-rabbitmq", "restart-postgres", "status",
-                                 "purge"))
+                                 "purge", "browser"))
     parser.add_argument("--dir", required=True, help="folder holding the stack's data")
     parser.add_argument("--ports", choices=("default", "free"), default="default")
     args = parser.parse_args()
@@ -553,7 +567,9 @@ def main():
         # DIR goes into env lines, into the postgres -o option string and into a socket path.
         if not re.fullmatch(r"[\w./+-]+", str(stack.dir)) or len(str(stack.pgrun)) > 80:
             raise StackError("--dir must be a short path of letters, digits and . _ + - /")
-        if args.command == "up":
+        if args.command == "browser":
+            ensure_browser()
+        elif args.command == "up":
             cmd_up(stack, args.ports)
         elif args.command == "down":
             cmd_down(stack)

@@ -1,6 +1,7 @@
 """The config service's composition root: settings, connections, API, outbox relay."""
 
 import asyncio
+import hashlib
 from pathlib import Path
 
 import structlog
@@ -9,6 +10,8 @@ from services.config_svc.accounts import AccountService, TestMailConfig
 from services.config_svc.api import create_app
 from services.config_svc.queues import AccountQueues
 from services.config_svc.settings import ConfigSettings
+from services.config_svc.ui.routes import mount_ui
+from services.config_svc.ui.session import Sessions
 from shared.auth import TokenVerifier
 from shared.crypto import SecretBox
 from shared.http import Health, HttpServer
@@ -42,6 +45,10 @@ async def serve(settings: ConfigSettings) -> None:
         health.add_check("database", lambda: not pool.is_closing())
         health.add_check("outbox", lambda: relay.healthy)
         app = create_app(service, verifier, health, settings.max_body_bytes)
+        # The screens' CSRF tokens: the same on every replica, never the key itself.
+        csrf_key = hashlib.sha256(
+            b"mail-ui-csrf:" + settings.encryption_keys()[0].encode()).digest()
+        mount_ui(app, service, Sessions(verifier, csrf_key), settings.dispatcher_url)
         server = HttpServer(app, settings.http_host, settings.http_port)
         stop = stop_on_signals()
         relay_task = asyncio.create_task(relay.run(), name="outbox")

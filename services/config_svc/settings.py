@@ -17,6 +17,9 @@ class ConfigSettings(ApiSettings):
         1.0, gt=0, description="How often unpublished account events are looked for."
     )
     max_body_bytes: int = Field(65536, ge=1024, description="Largest accepted request body.")
+    dispatcher_url: str = Field(
+        "http://127.0.0.1:8081", description="The dispatcher's API, for the screens' "
+        "deliveries (the signed-in user's token is passed on).")
 
     def encryption_keys(self) -> list[str]:
         return parse_keys(self.fernet_keys.get_secret_value())

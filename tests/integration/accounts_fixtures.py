@@ -72,6 +72,7 @@ class AccountsApi:
     relay: OutboxRelay
     relay_task: asyncio.Task
     box: SecretBox
+    service: AccountService
 
     async def create(self, **changes: object) -> dict:
         response = await self.client.post("/v1/accounts", json=account_body(**changes),
@@ -109,7 +110,7 @@ async def accounts_api(pool: asyncpg.Pool,
     app = create_app(service, TokenVerifier("HS256", JWT_SECRET), Health(), 65536)
     transport = httpx.ASGITransport(app=app)
     async with httpx.AsyncClient(transport=transport, base_url="http://config") as client:
-        api = AccountsApi(client, pool, channel, relay, task, box)
+        api = AccountsApi(client, pool, channel, relay, task, box, service)
         yield api
     await stop_relay(api.relay, api.relay_task)
     await channel.close()

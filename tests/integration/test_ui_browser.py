@@ -1,0 +1,198 @@
+"""The admin screens in a real Chromium (Debian's, driven by Playwright), against config_svc
+and the dispatcher served over HTTP on loopback, the real broker and database, and aiosmtpd
+servers playing the providers."""
+
+import re
+import shutil
+import socket
+import uuid
+from collections.abc import AsyncIterator
+from dataclasses import dataclass
+
+import httpx
+import pytest
+from playwright.async_api import Browser, Page, async_playwright, expect
+
+from services.config_svc.api import create_app as accounts_app
+from services.config_svc.ui.routes import mount_ui
+from services.config_svc.ui.session import Sessions
+from shared.auth import TokenVerifier
+from shared.http import Health, HttpServer
+from tests.integration.accounts_fixtures import (
+    JWT_SECRET,
+    AccountsApi,
+    account_body,
+    auth,
+    token,
+)
+from tests.support.smtp_servers import auth_server
+
+CHROMIUM = "/usr/bin/chromium"
+# As the machine's notes say: without the background-networking flags Chromium keeps trying
+# hosts this closed network refuses.
+FLAGS = ["--no-sandbox", "--disable-gpu", "--disable-quic", "--no-first-run",
+         "--disable-background-networking", "--disable-component-update", "--disable-sync"]
+USER = "news@shop.example.com"
+PASSWORD = "right-password"
+
+
+def free_port() -> int:
+    with socket.socket() as sock:
+        sock.bind(("127.0.0.1", 0))
+        return sock.getsockname()[1]
+
+
+@dataclass
+class Site:
+    url: str
+    browser: Browser
+    api: AccountsApi
+
+    async def page(self, sub: str = "admin", admin: bool = True, lang: str = "en") -> Page:
+        context = await self.browser.new_context(locale=lang)
+        page = await context.new_page()
+        await self.sign_in(page, token(sub, admin=admin))
+        return page
+
+    async def sign_in(self, page: Page, jwt: str) -> None:
+        await page.goto(f"{self.url}/ui/signin")
+        await page.fill("#token", jwt)
+        await page.click("button[type=submit] >> nth=-1")
+        await page.wait_for_url(re.compile(r".*/ui/accounts$"))
+
+
+@pytest.fixture
+async def browser() -> AsyncIterator[Browser]:
+    assert shutil.which(CHROMIUM), "Debian's chromium is missing: `make test` installs it"
+    async with async_playwright() as playwright:
+        browser = await playwright.chromium.launch(executable_path=CHROMIUM, args=FLAGS)
+        yield browser
+        await browser.close()
+
+
+@pytest.fixture
+async def site(accounts_api: AccountsApi, browser: Browser) -> AsyncIterator[Site]:
+    verifier = TokenVerifier("HS256", JWT_SECRET)
+    app = accounts_app(accounts_api.service, verifier, Health(), 65536)
+    mount_ui(app, accounts_api.service, Sessions(verifier, b"k" * 32), "http://127.0.0.1:9")
+    port = free_port()
+    server = HttpServer(app, "127.0.0.1", port)
+    await server.start()
+    yield Site(f"http://127.0.0.1:{port}", browser, accounts_api)
+    await server.stop()
+
+
+async def test_sign_in_and_out_and_a_bad_token_is_refused(site: Site) -> None:
+    page = await site.page()
+    await expect(page.locator("h1")).to_contain_text("Mail accounts")
+    cookies = await page.context.cookies()
+    session = next(c for c in cookies if c["name"] == "mail_session")
+    assert session["httpOnly"] and session["sameSite"] == "Strict"
+    await page.click("text=Sign out")
+    await page.wait_for_url(re.compile(r".*/ui/signin$"))
+    await page.goto(f"{site.url}/ui/accounts")
+    await page.wait_for_url(re.compile(r".*/ui/signin$"))
+    await page.fill("#token", "not-a-token")
+    await page.click("button[type=submit] >> nth=-1")
+    await expect(page.locator(".error")).to_contain_text("not valid")
+
+
+async def test_the_test_mail_shows_the_servers_535_then_mail_sent_and_the_account_is_saved(
+    site: Site,
+) -> None:
+    async with auth_server({USER: PASSWORD}) as server:
+        page = await site.page()
+        await page.click("text=+ New")
+        name = f"Newsletter {uuid.uuid4().hex[:6]} Tokyo"
+        await page.fill("#f-name", name)
+        await page.fill("#f-from_address", USER)
+        await page.fill("#f-smtp_host", server.host)
+        await page.fill("#f-smtp_port", str(server.port))
+        await page.select_option("#f-tls", "none")
+        await page.check("#f-smtp_auth")
+        await page.fill("#f-smtp_username", USER)
+        await page.fill("#f-smtp_password", "wrong-password")
+        await page.click("#test-mail-open")
+        await page.fill("#test-mail-to", "check@example.com")
+        await page.click("#test-mail-send")
+        result = page.locator("#test-mail-result")
+        await expect(result).to_contain_text("auth")
+        await expect(result.locator(".verbatim")).to_contain_text("535")
+        await expect(result).to_contain_text("Hint")
+        await page.click("#test-mail-close")
+
+        await page.fill("#f-smtp_password", PASSWORD)
+        await page.click("#test-mail-open")
+        await page.click("#test-mail-send")
+        await expect(result.locator(".ok")).to_have_text("Mail was sent")
+        await page.click("#test-mail-close")
+        await page.click("button[type=submit] >> text=Register")
+        await expect(page.locator("h1")).to_contain_text(name)
+    assert len(server.messages) == 1
+
+    # Found by two words, with AND and with OR.
+    await page.goto(f"{site.url}/ui/accounts?q=Tokyo+Newsletter&match=all")
+    await expect(page.locator("tbody")).to_contain_text(name)
+    await page.goto(f"{site.url}/ui/accounts?q=Tokyo+nothing-like-it&match=all")
+    await expect(page.locator("tbody")).not_to_contain_text(name)
+    await page.goto(f"{site.url}/ui/accounts?q=Tokyo+nothing-like-it&match=any")
+    await expect(page.locator("tbody")).to_contain_text(name)
+
+    # Pause and resume from its page.
+    await page.click(f"text={name}")
+    await page.click("#pause-toggle")
+    await expect(page.locator("#state")).to_contain_text("Paused")
+    await page.click("#pause-toggle")
+    await expect(page.locator("#state")).to_contain_text("Running")
+
+
+async def test_a_user_sees_no_new_button_nor_anothers_personal_account(site: Site) -> None:
+    answer = await site.api.client.post(
+        "/v1/accounts", json=account_body(name="Suzuki's own", personal=True),
+        headers=auth("suzuki", admin=True))  # an administrator's personal account
+    assert answer.status_code == 201, answer.text
+    personal = answer.json()
+    page = await site.page("tanaka", admin=False)
+    await expect(page.locator("h1")).to_contain_text("Mail accounts")
+    assert await page.locator("text=+ New").count() == 0
+    await page.goto(f"{site.url}/ui/accounts/{personal['id']}")
+    await expect(page.locator(".error")).to_contain_text("Not found")
+    answer = await page.goto(f"{site.url}/ui/accounts/new")
+    assert answer is not None and answer.status == 403
+
+
+async def test_a_form_posted_without_its_csrf_token_is_refused(site: Site) -> None:
+    account = await site.api.create(name="csrf target")
+    page = await site.page()
+    cookies = {c["name"]: c["value"] for c in await page.context.cookies()}
+    async with httpx.AsyncClient(base_url=site.url, cookies=cookies) as client:
+        answer = await client.post(f"/ui/accounts/{account['id']}/pause", data={})
+        assert answer.status_code == 403
+        forged = await client.post(f"/ui/accounts/{account['id']}/pause",
+                                   data={"csrf": "0" * 64})
+        assert forged.status_code == 403
+    row = await site.api.pool.fetchrow("SELECT paused FROM accounts WHERE id = $1",
+                                       account["id"])
+    assert row["paused"] is False
+
+
+async def test_an_account_named_like_a_script_renders_inert(site: Site) -> None:
+    name = f"<script>alert(1)</script> {uuid.uuid4().hex[:6]}"
+    await site.api.create(name=name)
+    page = await site.page()
+    dialogs: list[str] = []
+    page.on("dialog", lambda dialog: dialogs.append(dialog.message))
+    await page.goto(f"{site.url}/ui/accounts?q={name.split()[-1]}")
+    await expect(page.locator("tbody")).to_contain_text("<script>alert(1)</script>")
+    assert dialogs == []
+    assert await page.locator("tbody script").count() == 0
+
+
+async def test_japanese_and_english_labels(site: Site) -> None:
+    page = await site.page(lang="ja-JP")
+    await expect(page.locator("h1")).to_contain_text("メールアカウント")
+    await page.click("text=+ 新規")
+    await expect(page.locator("label[for=f-name]")).to_contain_text("メールアカウント名")
+    await expect(page.locator("label[for=f-smtp_host]")).to_contain_text("SMTPホスト")
+    await page.click("header >> text=EN")
+    await expect(page.locator("label[for=f-name]")).to_contain_text("Account name")
