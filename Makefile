@@ -3,7 +3,7 @@ SHELL := /bin/bash
 PY := .venv/bin/python
 export UV_PYTHON_DOWNLOADS := never
 
-.PHONY: run test faults venv lint format schemas bench demo stack-up stack-down clean
+.PHONY: run test faults venv lint format schemas bench screenshots demo stack-up stack-down clean
 
 run: venv                       ## the whole stack with a mail catcher, in the foreground
 	$(PY) -m deploy.local.run
@@ -31,6 +31,9 @@ schemas: venv                   ## regenerate docs/schemas/ and docs/asyncapi.ya
 
 bench: venv                     ## every benchmark in bench/, on a private stack
 	deploy/local/bench.sh
+
+screenshots: venv               ## a PNG of each admin screen in docs/ui/ (the browser tests, on a private stack)
+	deploy/local/screenshots.sh
 
 demo: venv                      ## publish a sample delivery request to the running stack
 	set -a; . .run/stack/env; set +a; $(PY) -m deploy.local.demo

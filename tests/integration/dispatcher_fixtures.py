@@ -112,18 +112,21 @@ class Dispatcher:
             orjson.dumps({"delivery_id": delivery_id, "requested_by": requested_by}),
             message_id=f"cancel:{delivery_id}"))
 
-    def http(self) -> httpx.AsyncClient:
-        """The dispatcher's HTTP API, in process, publishing into this test's topology."""
+    def app(self) -> Any:
+        """The dispatcher's HTTP API, publishing into this test's topology."""
         async def publish_request(request: DeliveryRequest) -> None:
             exchange = await self.channel.get_exchange(self.topology.requests_exchange)
             await publish(exchange, "delivery.request", make_message(
                 request.model_dump_json(exclude_none=True).encode(),
                 message_id=request.delivery_id))
 
-        app = create_app(self.pool, TokenVerifier("HS256", JWT_SECRET), Health(),
-                         self.canceller, publish_request, max_request_bytes=64 * 1024,
-                         wake_schedule=self.schedule.wake)
-        return httpx.AsyncClient(transport=httpx.ASGITransport(app=app),
+        return create_app(self.pool, TokenVerifier("HS256", JWT_SECRET), Health(),
+                          self.canceller, publish_request, max_request_bytes=64 * 1024,
+                          wake_schedule=self.schedule.wake)
+
+    def http(self) -> httpx.AsyncClient:
+        """The dispatcher's HTTP API, in process."""
+        return httpx.AsyncClient(transport=httpx.ASGITransport(app=self.app()),
                                  base_url="http://dispatcher")
 
     def account_queue(self) -> str:

@@ -2,12 +2,15 @@
 and the dispatcher served over HTTP on loopback, the real broker and database, and aiosmtpd
 servers playing the providers."""
 
+import os
 import re
 import shutil
 import socket
 import uuid
 from collections.abc import AsyncIterator
+from contextlib import asynccontextmanager
 from dataclasses import dataclass
+from typing import Any
 
 import httpx
 import pytest
@@ -25,7 +28,8 @@ from tests.integration.accounts_fixtures import (
     auth,
     token,
 )
-from tests.support.smtp_servers import auth_server
+from tests.integration.sender_fixtures import sender_on
+from tests.support.smtp_servers import auth_server, smtp_server
 
 CHROMIUM = "/usr/bin/chromium"
 # As the machine's notes say: without the background-networking flags Chromium keeps trying
@@ -34,6 +38,15 @@ FLAGS = ["--no-sandbox", "--disable-gpu", "--disable-quic", "--no-first-run",
          "--disable-background-networking", "--disable-component-update", "--disable-sync"]
 USER = "news@shop.example.com"
 PASSWORD = "right-password"
+
+
+SHOTS = os.environ.get("MAIL_SCREENSHOTS_DIR")  # `make screenshots`: docs/ui/
+
+
+async def shot(page: Page, name: str) -> None:
+    """A PNG of the screen for the README, when `make screenshots` runs the tests."""
+    if SHOTS:
+        await page.screenshot(path=os.path.join(SHOTS, f"{name}.png"), full_page=True)
 
 
 def free_port() -> int:
@@ -70,16 +83,31 @@ async def browser() -> AsyncIterator[Browser]:
         await browser.close()
 
 
-@pytest.fixture
-async def site(accounts_api: AccountsApi, browser: Browser) -> AsyncIterator[Site]:
-    verifier = TokenVerifier("HS256", JWT_SECRET)
-    app = accounts_app(accounts_api.service, verifier, Health(), 65536)
-    mount_ui(app, accounts_api.service, Sessions(verifier, b"k" * 32), "http://127.0.0.1:9")
+@asynccontextmanager
+async def served(app: Any) -> AsyncIterator[str]:
     port = free_port()
     server = HttpServer(app, "127.0.0.1", port)
     await server.start()
-    yield Site(f"http://127.0.0.1:{port}", browser, accounts_api)
-    await server.stop()
+    try:
+        yield f"http://127.0.0.1:{port}"
+    finally:
+        await server.stop()
+
+
+@asynccontextmanager
+async def ui_site(accounts_api: AccountsApi, browser: Browser,
+                  dispatcher_url: str = "http://127.0.0.1:9") -> AsyncIterator[Site]:
+    verifier = TokenVerifier("HS256", JWT_SECRET)
+    app = accounts_app(accounts_api.service, verifier, Health(), 65536)
+    mount_ui(app, accounts_api.service, Sessions(verifier, b"k" * 32), dispatcher_url)
+    async with served(app) as url:
+        yield Site(url, browser, accounts_api)
+
+
+@pytest.fixture
+async def site(accounts_api: AccountsApi, browser: Browser) -> AsyncIterator[Site]:
+    async with ui_site(accounts_api, browser) as running:
+        yield running
 
 
 async def test_sign_in_and_out_and_a_bad_token_is_refused(site: Site) -> None:
@@ -92,6 +120,7 @@ async def test_sign_in_and_out_and_a_bad_token_is_refused(site: Site) -> None:
     await page.wait_for_url(re.compile(r".*/ui/signin$"))
     await page.goto(f"{site.url}/ui/accounts")
     await page.wait_for_url(re.compile(r".*/ui/signin$"))
+    await shot(page, "signin")
     await page.fill("#token", "not-a-token")
     await page.click("button[type=submit] >> nth=-1")
     await expect(page.locator(".error")).to_contain_text("not valid")
@@ -119,6 +148,7 @@ async def test_the_test_mail_shows_the_servers_535_then_mail_sent_and_the_accoun
         await expect(result).to_contain_text("auth")
         await expect(result.locator(".verbatim")).to_contain_text("535")
         await expect(result).to_contain_text("Hint")
+        await shot(page, "test-mail-failed")
         await page.click("#test-mail-close")
 
         await page.fill("#f-smtp_password", PASSWORD)
@@ -128,6 +158,7 @@ async def test_the_test_mail_shows_the_servers_535_then_mail_sent_and_the_accoun
         await page.click("#test-mail-close")
         await page.click("button[type=submit] >> text=Register")
         await expect(page.locator("h1")).to_contain_text(name)
+        await shot(page, "account")
     assert len(server.messages) == 1
 
     # Found by two words, with AND and with OR.
@@ -137,6 +168,7 @@ async def test_the_test_mail_shows_the_servers_535_then_mail_sent_and_the_accoun
     await expect(page.locator("tbody")).not_to_contain_text(name)
     await page.goto(f"{site.url}/ui/accounts?q=Tokyo+nothing-like-it&match=any")
     await expect(page.locator("tbody")).to_contain_text(name)
+    await shot(page, "accounts")
 
     # Pause and resume from its page.
     await page.click(f"text={name}")
@@ -193,6 +225,31 @@ async def test_japanese_and_english_labels(site: Site) -> None:
     await expect(page.locator("h1")).to_contain_text("メールアカウント")
     await page.click("text=+ 新規")
     await expect(page.locator("label[for=f-name]")).to_contain_text("メールアカウント名")
+    await shot(page, "form-ja")
     await expect(page.locator("label[for=f-smtp_host]")).to_contain_text("SMTPホスト")
     await page.click("header >> text=EN")
     await expect(page.locator("label[for=f-name]")).to_contain_text("Account name")
+
+
+async def test_a_delivery_registered_by_hand_reaches_completed_on_its_page(
+    accounts_api: AccountsApi, browser: Browser, start_sender: Any,
+) -> None:
+    async with smtp_server() as server:
+        stack = await sender_on(start_sender, server, send_interval_ms=200)
+        async with served(stack.dispatcher.app()) as dispatcher_url, \
+                ui_site(accounts_api, browser, dispatcher_url) as site:
+            page = await site.page("tanaka", admin=False)
+            await page.click("text=Register a delivery")
+            await page.select_option("#d-account", stack.account_id)
+            await page.fill("#d-subject", "Hello {{name}}")
+            await page.fill("#d-text", "Dear {{name}}, see you soon.")
+            await page.fill("#d-recipients", "a@example.com, 山田\nb@example.com, 鈴木\n"
+                                             "c@example.com, 田中")
+            await shot(page, "delivery-form")
+            await page.click("main button[type=submit]")
+            await expect(page.locator("#delivery-state")).to_contain_text(
+                "completed", timeout=20_000)
+            await expect(page.locator("#count-sent")).to_have_text("3")
+            await shot(page, "delivery")
+    assert sorted(m.rcpt_tos[0] for m in server.messages) == [
+        "a@example.com", "b@example.com", "c@example.com"]
