@@ -275,6 +275,25 @@ class AccountService:
         items = [AccountRow(**{**repository.to_public(r).model_dump()}) for r in rows]
         return AccountPage(items=items, total=total, limit=limit, offset=offset)
 
+    async def states(self, ids: list[str]) -> dict[str, dict[str, Any]]:
+        """For the screens: per account, the sender's pause reason (and when a quota pause
+        ends), the pace in force after throttling, and the jobs waiting in its queues."""
+        runtime = await repository.runtime_states(self._pool, ids)
+        found: dict[str, dict[str, Any]] = {}
+        for account_id in ids:
+            row = runtime.get(account_id)
+            try:
+                waiting: int | None = await self._queues.waiting(account_id)
+            except Exception:  # the broker away: the list still shows
+                waiting = None
+            found[account_id] = {
+                "reason": row["paused_reason"] if row else None,
+                "resumes_at": row["resumes_at"] if row else None,
+                "throttled_ms": row["interval_ms"] if row else None,
+                "waiting": waiting,
+            }
+        return found
+
     async def test_saved(self, account_id: str, to: str, lang: str,
                          user: User) -> TestMailReport:
         _require_admin(user)

@@ -126,6 +126,17 @@ async def search(
     return rows, total
 
 
+async def runtime_states(db: asyncpg.Pool, ids: Sequence[str]) -> dict[str, asyncpg.Record]:
+    """The sender's view of these accounts (why it paused one, until when, the pace in force
+    after throttling), when the sender's table is there (its migrations ran)."""
+    if not ids or not await db.fetchval("SELECT to_regclass('account_runtime') IS NOT NULL"):
+        return {}
+    rows = await db.fetch(
+        "SELECT account_id, paused_reason, resumes_at, interval_ms FROM account_runtime "
+        "WHERE account_id = ANY($1::uuid[])", list(ids))
+    return {str(row["account_id"]): row for row in rows}
+
+
 async def all_with_secrets(db: asyncpg.Connection) -> list[asyncpg.Record]:
     return await db.fetch(
         "SELECT id, smtp_password_enc, pop_password_enc FROM accounts "

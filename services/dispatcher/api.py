@@ -12,6 +12,7 @@ from services.dispatcher import repository
 from services.dispatcher.cancel import Canceller
 from services.dispatcher.decode import decode_request, parse_json
 from services.dispatcher.rejection import TOO_LARGE, Rejection
+from services.dispatcher.validate import account_uuid
 from shared.api import install_common_handlers, user_dependency
 from shared.auth import TokenVerifier, User
 from shared.http import Health, health_routes
@@ -34,6 +35,19 @@ def delivery_state(row: Any, counts: dict[str, int]) -> str:
     if row["fanned_out_at"] is None and row["send_at"] is not None:
         return "scheduled"
     if any(counts[state] for state in ("deferred", *SETTLED)):
+        return "sending"
+    return "queued"
+
+
+def listed_state(row: Any) -> str:
+    """A delivery's state from its own counters (no count of its recipients)."""
+    if row["completed_at"] is not None:
+        return "completed"
+    if row["paused_at"] is not None:
+        return "paused"
+    if row["fanned_out_at"] is None and row["send_at"] is not None:
+        return "scheduled"
+    if row["sent"] or row["failed"] or row["unknown"] or row["cancelled"]:
         return "sending"
     return "queued"
 
@@ -78,6 +92,29 @@ def create_app(pool: asyncpg.Pool, verifier: TokenVerifier, health: Health,
         await publish_request(delivery)
         return {"delivery_id": delivery.delivery_id,
                 "status": f"/v1/deliveries/{delivery.delivery_id}"}
+
+    @app.get("/v1/deliveries")
+    async def list_deliveries(
+        user: UserDep, account_id: str | None = None,
+        state: Literal["active", "scheduled", "paused", "completed"] | None = None,
+        limit: int = Query(50, ge=1, le=500), offset: int = Query(0, ge=0),
+    ) -> dict[str, Any]:
+        """Recent deliveries, newest first: an administrator's are everyone's, a user's the
+        ones they requested."""
+        if account_id is not None and account_uuid(account_id) is None:
+            return {"items": [], "total": 0, "limit": limit, "offset": offset}
+        rows, total = await repository.list_deliveries(
+            pool, requested_by=None if user.is_admin else user.sub,
+            account_id=account_uuid(account_id), state=state, limit=limit, offset=offset)
+        items = []
+        for row in rows:
+            item = dict(row)
+            item["account_id"] = str(row["account_id"])
+            item["state"] = listed_state(row)
+            for name in ("fanned_out_at", "paused_at"):
+                item.pop(name)
+            items.append(item)
+        return {"items": items, "total": total, "limit": limit, "offset": offset}
 
     @app.post("/v1/deliveries/{delivery_id}/cancel")
     async def cancel(delivery_id: str, user: UserDep, request: Request) -> dict[str, Any]:

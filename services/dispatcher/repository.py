@@ -199,6 +199,38 @@ async def mark_cancel_announced(db: asyncpg.Pool, delivery_id: str) -> None:
         "AND cancel_announced_at IS NULL", delivery_id)
 
 
+LIST_STATES = {
+    "active": "completed_at IS NULL AND paused_at IS NULL AND fanned_out_at IS NOT NULL",
+    "scheduled": "completed_at IS NULL AND fanned_out_at IS NULL AND send_at IS NOT NULL "
+                 "AND paused_at IS NULL",
+    "paused": "completed_at IS NULL AND paused_at IS NOT NULL",
+    "completed": "completed_at IS NOT NULL",
+}
+
+
+async def list_deliveries(db: asyncpg.Pool, *, requested_by: str | None,
+                          account_id: str | None, state: str | None, limit: int,
+                          offset: int) -> tuple[list[asyncpg.Record], int]:
+    """Newest first; `requested_by` None: everyone's (an administrator)."""
+    conditions, args = ["true"], []
+    if requested_by is not None:
+        args.append(requested_by)
+        conditions.append(f"requested_by = ${len(args)}")
+    if account_id is not None:
+        args.append(account_id)
+        conditions.append(f"account_id = ${len(args)}::uuid")
+    if state is not None:
+        conditions.append(LIST_STATES[state])
+    where = " AND ".join(conditions)
+    total = await db.fetchval(f"SELECT count(*) FROM deliveries WHERE {where}", *args)
+    rows = await db.fetch(
+        "SELECT delivery_id, account_id, requested_by, subject, total, sent, failed, unknown, "
+        "cancelled, priority, send_at, created_at, completed_at, cancelled_at, paused_at, "
+        f"fanned_out_at FROM deliveries WHERE {where} ORDER BY created_at DESC, delivery_id "
+        f"LIMIT ${len(args) + 1} OFFSET ${len(args) + 2}", *args, limit, offset)
+    return rows, total
+
+
 async def recipient_counts(db: asyncpg.Pool, delivery_id: str) -> dict[str, int]:
     rows = await db.fetch(
         "SELECT state, count(*) AS n FROM delivery_recipients WHERE delivery_id = $1 "

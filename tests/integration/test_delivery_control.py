@@ -282,3 +282,27 @@ async def test_a_cancel_committed_but_never_announced_is_announced_by_the_schedu
     completed = await dispatcher.next_event()
     assert (completed["type"], completed["cancelled"]) == ("delivery.completed", 2)
     await _no_more_events(dispatcher, within_s=1.0)
+
+
+async def test_the_list_of_deliveries_shows_a_user_theirs_and_an_administrator_all(
+    dispatcher: Dispatcher,
+) -> None:
+    mine = request_body(account_id=dispatcher.account_id)
+    theirs = request_body(account_id=dispatcher.account_id, requested_by="suzuki")
+    for body in (mine, theirs):
+        await dispatcher.publish_request(body)
+        await dispatcher.next_event()
+    params = {"account_id": dispatcher.account_id}
+    async with dispatcher.http() as client:
+        as_tanaka = await client.get("/v1/deliveries", params=params,
+                                     headers=auth("tanaka", admin=False))
+        assert [d["delivery_id"] for d in as_tanaka.json()["items"]] == [mine["delivery_id"]]
+        item = as_tanaka.json()["items"][0]
+        assert (item["state"], item["total"], item["sent"]) == ("queued", 2, 0)
+        as_admin = await client.get("/v1/deliveries", params=params, headers=auth())
+        assert [d["delivery_id"] for d in as_admin.json()["items"]] == [
+            theirs["delivery_id"], mine["delivery_id"]]  # newest first
+        assert as_admin.json()["total"] == 2
+        done = await client.get("/v1/deliveries", params={**params, "state": "completed"},
+                                headers=auth())
+        assert done.json()["items"] == []

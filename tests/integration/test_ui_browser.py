@@ -241,7 +241,8 @@ async def test_a_delivery_registered_by_hand_reaches_completed_on_its_page(
             page = await site.page("tanaka", admin=False)
             await page.click("text=Register a delivery")
             await page.select_option("#d-account", stack.account_id)
-            await page.fill("#d-subject", "Hello {{name}}")
+            subject = f"Hello {{{{name}}}} {uuid.uuid4().hex[:6]}"
+            await page.fill("#d-subject", subject)
             await page.fill("#d-text", "Dear {{name}}, see you soon.")
             await page.fill("#d-recipients", "a@example.com, 山田\nb@example.com, 鈴木\n"
                                              "c@example.com, 田中")
@@ -251,5 +252,12 @@ async def test_a_delivery_registered_by_hand_reaches_completed_on_its_page(
                 "completed", timeout=20_000)
             await expect(page.locator("#count-sent")).to_have_text("3")
             await shot(page, "delivery")
+            await page.click("header >> text=Delivery status")
+            row = page.locator("tbody tr", has_text=subject)
+            await expect(row).to_contain_text("completed")
+            await page.select_option("#filter-state", "scheduled")
+            await page.click("main button[type=submit]")
+            await expect(page.locator("tbody")).not_to_contain_text(subject)
+            await shot(page, "deliveries")
     assert sorted(m.rcpt_tos[0] for m in server.messages) == [
         "a@example.com", "b@example.com", "c@example.com"]

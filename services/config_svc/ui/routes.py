@@ -123,8 +123,9 @@ def mount_ui(app: FastAPI, service: AccountService, sessions: Sessions,
         found = await service.search(q[:500] or None, match == "all", PAGE_SIZE,
                                      (page - 1) * PAGE_SIZE, user)
         pages = max(1, -(-found.total // PAGE_SIZE))
+        states = await service.states([row.id for row in found.items])
         return render(request, "accounts.html", user=user, found=found, q=q, match=match,
-                      page=page, pages=pages)
+                      page=page, pages=pages, states=states)
 
     @router.get("/accounts/new")
     async def new_account(request: Request) -> Response:
@@ -150,8 +151,10 @@ def mount_ui(app: FastAPI, service: AccountService, sessions: Sessions,
     async def account_page(request: Request, account_id: str, deleted: str = "") -> Response:
         user = sessions.user(request)
         account = await service.get(account_id, user)
-        return render(request, "account.html", user=user, account=account,
-                      waiting=request.query_params.get("waiting"))
+        state = (await service.states([account.id]))[account.id]
+        recent = await recent_deliveries(request, {"account_id": account.id, "limit": 10})
+        return render(request, "account.html", user=user, account=account, state=state,
+                      deliveries=recent, waiting=request.query_params.get("waiting"))
 
     @router.get("/accounts/{account_id}/edit")
     async def edit_account(request: Request, account_id: str) -> Response:
@@ -217,6 +220,29 @@ def mount_ui(app: FastAPI, service: AccountService, sessions: Sessions,
         token = request.cookies.get("mail_session", "")
         return httpx.AsyncClient(base_url=dispatcher_url, timeout=10,
                                  headers={"Authorization": f"Bearer {token}"})
+
+    async def recent_deliveries(request: Request, params: dict[str, Any]) -> list[dict] | None:
+        """None when the dispatcher cannot be asked (the page still shows)."""
+        try:
+            async with dispatcher(request) as client:
+                answer = await client.get("/v1/deliveries", params=params)
+        except httpx.HTTPError:
+            return None
+        return answer.json()["items"] if answer.is_success else None
+
+    @router.get("/deliveries")
+    async def deliveries(request: Request, account: str = "", state: str = "") -> Response:
+        user = sessions.user(request)
+        params: dict[str, Any] = {"limit": 50}
+        if account:
+            params["account_id"] = account
+        if state in ("active", "scheduled", "paused", "completed"):
+            params["state"] = state
+        choices = await service.search(None, False, 500, 0, user)
+        names = {row.id: row.name for row in choices.items}
+        return render(request, "deliveries.html", user=user,
+                      deliveries=await recent_deliveries(request, params), accounts=choices.items,
+                      names=names, account=account, state=state)
 
     @router.get("/deliveries/new")
     async def new_delivery(request: Request) -> Response:
