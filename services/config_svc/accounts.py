@@ -306,6 +306,21 @@ class AccountService:
             ssl_context=self._test_mail.ssl_context, timeout_s=self._test_mail.timeout_s,
         )
 
+    async def test_edited(self, account_id: str, values: dict[str, Any], lang: str,
+                          user: User) -> TestMailReport:
+        """A test mail on a saved account's form, changed or not: a password left empty
+        there is the stored one."""
+        _require_admin(user)
+        row = await repository.get(self._pool, account_id)
+        if row is None:
+            raise NotFound(f"no account {account_id}")
+        values = dict(values)
+        for field, column in _PASSWORDS.items():
+            if not values.get(field) and row[column]:
+                values[field] = self._box.decrypt(row[column], account_id=account_id,
+                                                  field=field)
+        return await self.test_unsaved(UnsavedTestMail.model_validate(values), lang, user)
+
     async def test_unsaved(self, fields: UnsavedTestMail, lang: str,
                            user: User) -> TestMailReport:
         _require_admin(user)

@@ -159,7 +159,17 @@ async def test_the_test_mail_shows_the_servers_535_then_mail_sent_and_the_accoun
         await page.click("button[type=submit] >> text=Register")
         await expect(page.locator("h1")).to_contain_text(name)
         await shot(page, "account")
-    assert len(server.messages) == 1
+        # On the saved account's form, the password left empty is the stored one.
+        await page.click("main >> text=Edit")
+        await expect(page.locator("#f-smtp_password")).to_have_value("")
+        await page.click("#test-mail-open")
+        await page.fill("#test-mail-to", "again@example.com")
+        await page.click("#test-mail-send")
+        await expect(result.locator(".ok")).to_have_text("Mail was sent")
+        await page.click("#test-mail-close")
+        await page.click("a.button >> text=Cancel")
+    assert [m.rcpt_tos for m in server.messages] == [["check@example.com"],
+                                                      ["again@example.com"]]
 
     # Found by two words, with AND and with OR.
     await page.goto(f"{site.url}/ui/accounts?q=Tokyo+Newsletter&match=all")

@@ -72,6 +72,8 @@ def account_values(values: dict[str, Any], partial: bool) -> dict[str, Any]:
         if field.kind == "password":
             if text:
                 out[field.name] = raw
+            elif partial and values.get(f"{field.name}_clear") == "on":
+                out[field.name] = None  # cleared; left empty: the stored one is kept
             continue
         if field.kind == "words":
             out[field.name] = text.split() if text else []

@@ -206,9 +206,12 @@ def mount_ui(app: FastAPI, service: AccountService, sessions: Sessions,
         values = orjson.loads(await request.body())
         lang = language(request)
         try:
-            fields = UnsavedTestMail.model_validate(
-                {**account_values(values, partial=False), "to": values.get("to", "")})
-            report = await service.test_unsaved(fields, lang, user)
+            form = {**account_values(values, partial=False), "to": values.get("to", "")}
+            if values.get("account_id"):  # a saved account's form: its stored passwords
+                report = await service.test_edited(str(values["account_id"]), form, lang, user)
+            else:
+                report = await service.test_unsaved(UnsavedTestMail.model_validate(form),
+                                                    lang, user)
         except (ValidationError, AccountError) as error:
             return _headers(JSONResponse({"ok": False, "errors": errors_of(error)},
                                          status_code=422))
