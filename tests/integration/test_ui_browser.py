@@ -271,3 +271,21 @@ async def test_a_delivery_registered_by_hand_reaches_completed_on_its_page(
             await shot(page, "deliveries")
     assert sorted(m.rcpt_tos[0] for m in server.messages) == [
         "a@example.com", "b@example.com", "c@example.com"]
+
+
+async def test_a_field_error_is_shown_in_place_and_the_apis_warnings_after_saving(
+    site: Site,
+) -> None:
+    page = await site.page()
+    await page.click("text=+ New")
+    await page.fill("#f-name", f"warned {uuid.uuid4().hex[:6]}")
+    await page.fill("#f-from_address", "not an address")
+    await page.fill("#f-smtp_host", "smtp.example.com")
+    await page.fill("#f-smtp_port", "465")
+    await page.click("button[type=submit] >> text=Register")
+    error = page.locator("#f-from_address-error")
+    await expect(error).to_be_visible()
+    await expect(page.locator("#f-from_address")).to_have_attribute("aria-invalid", "true")
+    await page.fill("#f-from_address", "news@example.com")
+    await page.click("button[type=submit] >> text=Register")
+    await expect(page.locator(".warnings")).to_contain_text("465")

@@ -145,16 +145,27 @@ def mount_ui(app: FastAPI, service: AccountService, sessions: Sessions,
         except (ValidationError, AccountError) as error:
             return render(request, "account_form.html", status=422, user=user, account=None,
                           values=values, errors=errors_of(error), fields=ACCOUNT_FIELDS)
-        return RedirectResponse(f"/ui/accounts/{created.id}", status_code=303)
+        return await saved(request, user, created.id, created.warnings)
 
-    @router.get("/accounts/{account_id}")
-    async def account_page(request: Request, account_id: str, deleted: str = "") -> Response:
-        user = sessions.user(request)
+    async def saved(request: Request, user: User, account_id: str,
+                    warnings: list[str]) -> Response:
+        """The account's page; with the API's warnings said once when there are any."""
+        if not warnings:
+            return RedirectResponse(f"/ui/accounts/{account_id}", status_code=303)
+        return await account_view(request, user, account_id, warnings=warnings)
+
+    async def account_view(request: Request, user: User, account_id: str,
+                           warnings: list[str] | None = None) -> Response:
         account = await service.get(account_id, user)
         state = (await service.states([account.id]))[account.id]
         recent = await recent_deliveries(request, {"account_id": account.id, "limit": 10})
         return render(request, "account.html", user=user, account=account, state=state,
-                      deliveries=recent, waiting=request.query_params.get("waiting"))
+                      deliveries=recent, waiting=request.query_params.get("waiting"),
+                      warnings=warnings or [])
+
+    @router.get("/accounts/{account_id}")
+    async def account_page(request: Request, account_id: str) -> Response:
+        return await account_view(request, sessions.user(request), account_id)
 
     @router.get("/accounts/{account_id}/edit")
     async def edit_account(request: Request, account_id: str) -> Response:
@@ -173,12 +184,12 @@ def mount_ui(app: FastAPI, service: AccountService, sessions: Sessions,
         account = await service.get(account_id, user)
         try:
             patch = AccountPatch.model_validate(account_values(values, partial=True))
-            await service.update(account_id, patch, user)
+            updated = await service.update(account_id, patch, user)
         except (ValidationError, AccountError) as error:
             return render(request, "account_form.html", status=422, user=user,
                           account=account, values=values, errors=errors_of(error),
                           fields=ACCOUNT_FIELDS)
-        return RedirectResponse(f"/ui/accounts/{account_id}", status_code=303)
+        return await saved(request, user, account_id, updated.warnings)
 
     @router.post("/accounts/{account_id}/{action}")
     async def account_action(request: Request, account_id: str, action: str) -> Response:
