@@ -446,16 +446,20 @@ def ensure_packages():
             raise StackError(f"{' '.join(missing)} installed, but its programs are not found")
 
 
+BROWSER_PACKAGES = ("chromium", "fonts-ipafont-gothic")  # the screens' Japanese in a screenshot
+
+
 def ensure_browser():
-    """Debian's Chromium, for the browser tests (Playwright cannot download one here)."""
-    if shutil.which("chromium"):
+    """Debian's Chromium, for the browser tests (Playwright cannot download one here), and a
+    Japanese font for `make screenshots`."""
+    if shutil.which("chromium") and Path("/usr/share/fonts/opentype/ipafont-gothic").is_dir():
         return
     if apt_busy() and not wait_until(lambda: not apt_busy(), 1200, 2):
         raise StackError("apt-get/dpkg still running after 20 minutes")
-    print("stack: installing chromium with apt-get ...", flush=True)
+    print(f"stack: installing {' '.join(BROWSER_PACKAGES)} with apt-get ...", flush=True)
     env = dict(os.environ, DEBIAN_FRONTEND="noninteractive")
     run(["apt-get", "update"], env=env, timeout=900)
-    run(["apt-get", "install", "-y", "chromium"], env=env, timeout=1800)
+    run(["apt-get", "install", "-y", *BROWSER_PACKAGES], env=env, timeout=1800)
     if not shutil.which("chromium"):
         raise StackError("chromium installed, but /usr/bin/chromium is not found")
 
