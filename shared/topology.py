@@ -171,6 +171,20 @@ class Topology:
             waiting += answer.message_count or 0
         return waiting
 
+    async def queue_depths(self, channel: AbstractChannel,
+                           account_ids: Iterable[str]) -> dict[str, int]:
+        """Messages ready in each account's two queues, for a list on a screen: one declare a
+        queue (with the same arguments, so never refused), no bindings."""
+        underlay = await channel.get_underlay_channel()
+        depths: dict[str, int] = {}
+        for account_id in account_ids:
+            depths[account_id] = 0
+            for name, _key in self.send_queues(account_id):
+                answer = await underlay.queue_declare(
+                    name, durable=True, arguments=self.account_queue_arguments())
+                depths[account_id] += answer.message_count or 0
+        return depths
+
     async def declare_account_queue(
         self, channel: AbstractChannel, account_id: str
     ) -> AbstractQueue:

@@ -279,13 +279,14 @@ class AccountService:
         """For the screens: per account, the sender's pause reason (and when a quota pause
         ends), the pace in force after throttling, and the jobs waiting in its queues."""
         runtime = await repository.runtime_states(self._pool, ids)
+        try:
+            depths: dict[str, int] = await self._queues.waiting_in(ids)
+        except Exception:  # the broker away: the list still shows
+            depths = {}
         found: dict[str, dict[str, Any]] = {}
         for account_id in ids:
             row = runtime.get(account_id)
-            try:
-                waiting: int | None = await self._queues.waiting(account_id)
-            except Exception:  # the broker away: the list still shows
-                waiting = None
+            waiting = depths.get(account_id)
             found[account_id] = {
                 "reason": row["paused_reason"] if row else None,
                 "resumes_at": row["resumes_at"] if row else None,

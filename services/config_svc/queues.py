@@ -26,6 +26,10 @@ class AccountQueues:
         """Messages ready in the account's queue."""
         return await self._topology.account_queue_depth(self._channel, account_id)
 
+    async def waiting_in(self, account_ids: list[str]) -> dict[str, int]:
+        """Messages ready in each account's queues (a list on a screen)."""
+        return await self._topology.queue_depths(self._channel, account_ids)
+
     async def remove(self, account_id: str, reason: str) -> int:
         """Moves what waits in the account's two queues to mail.dead (reason in headers), then
         deletes them.
