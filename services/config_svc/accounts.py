@@ -289,6 +289,7 @@ class AccountService:
             waiting = depths.get(account_id)
             found[account_id] = {
                 "reason": row["paused_reason"] if row else None,
+                "detail": row["paused_detail"] if row else None,  # the server's words
                 "resumes_at": row["resumes_at"] if row else None,
                 "throttled_ms": row["interval_ms"] if row else None,
                 "waiting": waiting,

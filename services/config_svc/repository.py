@@ -132,7 +132,8 @@ async def runtime_states(db: asyncpg.Pool, ids: Sequence[str]) -> dict[str, asyn
     if not ids or not await db.fetchval("SELECT to_regclass('account_runtime') IS NOT NULL"):
         return {}
     rows = await db.fetch(
-        "SELECT account_id, paused_reason, resumes_at, interval_ms FROM account_runtime "
+        "SELECT account_id, paused_reason, paused_detail, resumes_at, interval_ms "
+        "FROM account_runtime "
         "WHERE account_id = ANY($1::uuid[])", list(ids))
     return {str(row["account_id"]): row for row in rows}
 
