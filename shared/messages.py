@@ -183,6 +183,7 @@ class DeliveryAccepted(DeliveryEvent, OmitsAbsent):
     account_id: str
     recipients: int
     send_at: datetime | None = None  # contract §6: when scheduled
+    suppressed: int = 0  # contract §6: of `recipients`, left out by the suppression list
 
     omitted_when_none = ("send_at",)
 
@@ -244,6 +245,7 @@ class DeliveryCompleted(DeliveryEvent):
     failed: int
     total: int
     cancelled: int = 0  # contract §6
+    suppressed: int = 0  # contract §6: counted in total, neither sent nor failed
 
 
 class DeliveryCancelled(DeliveryEvent):

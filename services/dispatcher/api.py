@@ -6,23 +6,34 @@ from typing import Annotated, Any, Literal
 
 import asyncpg
 from fastapi import Depends, FastAPI, HTTPException, Query, Request
-from fastapi.responses import JSONResponse
+from fastapi.responses import JSONResponse, Response
+from pydantic import BaseModel, ConfigDict, StringConstraints
 
 from services.dispatcher import repository
 from services.dispatcher.cancel import Canceller
 from services.dispatcher.decode import decode_request, parse_json
 from services.dispatcher.rejection import TOO_LARGE, Rejection
 from services.dispatcher.validate import account_uuid
+from shared.addresses import check_address
 from shared.api import install_common_handlers, user_dependency
 from shared.auth import TokenVerifier, User
 from shared.http import Health, health_routes
 from shared.messages import DeliveryRequest
 
 State = Literal["new", "scheduled", "queued", "deferred", "sent", "failed", "unknown",
-                "cancelled", "expired"]
-# Publishes a request into `mail.requests` with a confirm: once it returns, it is queued.
-RequestPublisher = Callable[[DeliveryRequest], Awaitable[None]]
-SETTLED = ("sent", "failed", "unknown", "cancelled", "expired")
+                "cancelled", "expired", "suppressed", "bounced"]
+# Publishes a request into `mail.requests` with a confirm: once it returns, it is queued; the
+# flag asks the intake to leave the suppression list aside (administrators only).
+RequestPublisher = Callable[[DeliveryRequest, bool], Awaitable[None]]
+SETTLED = ("sent", "failed", "unknown", "cancelled", "expired", "suppressed", "bounced")
+
+
+class SuppressionIn(BaseModel):
+    model_config = ConfigDict(extra="forbid")
+
+    email: Annotated[str, StringConstraints(min_length=3, max_length=320)]
+    reason: Literal["hard", "soft", "complaint", "manual"] = "manual"
+    detail: Annotated[str, StringConstraints(max_length=1000)] | None = None
 
 
 def delivery_state(row: Any, counts: dict[str, int]) -> str:
@@ -73,8 +84,40 @@ def create_app(pool: asyncpg.Pool, verifier: TokenVerifier, health: Health,
             raise HTTPException(404, f"no delivery {delivery_id}")
         return row
 
+    def require_admin(user: User) -> None:
+        if not user.is_admin:
+            raise HTTPException(403, "only an administrator may read or change the "
+                                "suppression list")
+
+    @app.get("/v1/suppressions")
+    async def suppressions(user: UserDep, q: str | None = Query(None, max_length=320),
+                           limit: int = Query(50, ge=1, le=500),
+                           offset: int = Query(0, ge=0)) -> dict[str, Any]:
+        require_admin(user)
+        rows, total = await repository.list_suppressions(pool, q, limit, offset)
+        return {"items": [dict(row) for row in rows], "total": total, "limit": limit,
+                "offset": offset}
+
+    @app.post("/v1/suppressions", status_code=201)
+    async def add_suppression(body: SuppressionIn, user: UserDep) -> dict[str, Any]:
+        require_admin(user)
+        try:
+            email = check_address(body.email)
+        except ValueError as error:
+            raise HTTPException(422, f"email: {error}") from None
+        return dict(await repository.suppress(pool, email, body.reason, user.sub,
+                                              body.detail))
+
+    @app.delete("/v1/suppressions/{email}", status_code=204)
+    async def remove_suppression(email: str, user: UserDep) -> Response:
+        require_admin(user)
+        if not await repository.unsuppress(pool, email):
+            raise HTTPException(404, "not on the suppression list")
+        return Response(status_code=204)
+
     @app.post("/v1/deliveries", status_code=202)
-    async def request_delivery(request: Request, user: UserDep) -> dict[str, Any]:
+    async def request_delivery(request: Request, user: UserDep,
+                               ignore_suppressions: bool = False) -> dict[str, Any]:
         """The body of a `delivery.request`, decoded as strictly as the AMQP way; once queued
         it takes the same path (validation, idempotency, events, status)."""
         body = b""
@@ -89,7 +132,10 @@ def create_app(pool: asyncpg.Pool, verifier: TokenVerifier, health: Health,
         elif delivery.requested_by != user.sub and not user.is_admin:
             raise HTTPException(403, "requested_by may name only yourself (administrators "
                                 "may name anyone)")
-        await publish_request(delivery)
+        if ignore_suppressions and not user.is_admin:
+            raise HTTPException(403, "only an administrator may send past the suppression "
+                                "list")
+        await publish_request(delivery, ignore_suppressions)
         return {"delivery_id": delivery.delivery_id,
                 "status": f"/v1/deliveries/{delivery.delivery_id}"}
 
@@ -167,6 +213,8 @@ def create_app(pool: asyncpg.Pool, verifier: TokenVerifier, health: Health,
             "unknown": counts["unknown"],
             "cancelled": counts["cancelled"],
             "expired": counts["expired"],
+            "suppressed": counts["suppressed"],
+            "bounced": counts["bounced"],
             "priority": row["priority"],
             "send_at": row["send_at"],
             "expires_at": row["expires_at"],

@@ -66,7 +66,7 @@ class Canceller:
                     event_id=stable_event_id(delivery_id, "completed"),
                     delivery_id=delivery_id, metadata=row["metadata"], sent=row["sent"],
                     failed=row["failed"] + row["unknown"], cancelled=row["cancelled"],
-                    total=row["total"]))
+                    suppressed=row["suppressed"], total=row["total"]))
             await repository.mark_cancel_announced(self._pool, delivery_id)
             log.info("delivery cancelled", delivery_id=delivery_id,
                      cancelled=row["cancel_count"], sent=row["cancel_sent"])

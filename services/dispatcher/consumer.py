@@ -13,10 +13,15 @@ log = structlog.get_logger(__name__)
 
 
 class RequestConsumer:
-    def __init__(self, queue: AbstractQueue, intake: Intake, cancels: CancelIntake) -> None:
+    def __init__(self, queue: AbstractQueue, intake: Intake, cancels: CancelIntake,
+                 bypass_users: frozenset[str] = frozenset()) -> None:
         self._queue = queue
         self._intake = intake
         self._cancels = cancels
+        # Publishers whose `x-ignore-suppressions` header is honoured. RabbitMQ refuses a
+        # `user_id` property that is not the publishing connection's own user, so it names
+        # the publisher for sure.
+        self._bypass_users = bypass_users
         self._tag: str | None = None
         self._in_hand: set[asyncio.Task] = set()
 
@@ -33,8 +38,11 @@ class RequestConsumer:
         self._in_hand.add(task)
         structlog.contextvars.clear_contextvars()
         try:
-            handler = self._cancels if message.routing_key == CANCEL_KEY else self._intake
-            outcome = await handler.handle(message.body, message.message_id)
+            if message.routing_key == CANCEL_KEY:
+                outcome = await self._cancels.handle(message.body, message.message_id)
+            else:
+                outcome = await self._intake.handle(message.body, message.message_id,
+                                                    self._ignores_suppressions(message))
         except Exception:
             # The database or the broker failed, not the request: try it again later.
             # Each try counts toward the queue's delivery limit, after which it goes to
@@ -48,6 +56,10 @@ class RequestConsumer:
             log.debug("delivery request handled", outcome=outcome)
         finally:
             self._in_hand.discard(task)
+
+    def _ignores_suppressions(self, message: AbstractIncomingMessage) -> bool:
+        asked = str((message.headers or {}).get("x-ignore-suppressions", "")).lower()
+        return asked in ("true", "1", "yes") and message.user_id in self._bypass_users
 
     async def stop(self, deadline_s: float) -> None:
         """Takes no more requests and waits for those in hand, up to the deadline."""

@@ -12,7 +12,13 @@ from services.dispatcher.decode import decode_request
 from services.dispatcher.fanout import FanOut, Unroutable
 from services.dispatcher.rejection import DUPLICATE_DELIVERY, UNKNOWN_ACCOUNT, Rejection
 from services.dispatcher.validate import prepare
-from shared.messages import DeliveryAccepted, DeliveryRejected, Event, stable_event_id
+from shared.messages import (
+    DeliveryAccepted,
+    DeliveryCompleted,
+    DeliveryRejected,
+    Event,
+    stable_event_id,
+)
 from shared.topology import EventPublisher, Topology, make_message, publish
 
 log = structlog.get_logger(__name__)
@@ -48,16 +54,20 @@ class Intake:
         self._dead = dead
         self._max_bytes = max_bytes
 
-    async def handle(self, body: bytes, message_id: str | None) -> str:
+    async def handle(self, body: bytes, message_id: str | None,
+                     ignore_suppressions: bool = False) -> str:
         """Returns the outcome (accepted, already accepted, rejected) for the log line.
-        Raises only for infrastructure failures: then the request is tried again."""
+        Raises only for infrastructure failures: then the request is tried again.
+        `ignore_suppressions`: the suppression list does not apply (a trusted publisher's
+        password reset, say: consumer.py decides)."""
         try:
-            return await self._accept(body, message_id)
+            return await self._accept(body, message_id, ignore_suppressions)
         except Rejection as rejection:
             await self._reject(body, message_id, rejection)
             return f"rejected: {rejection.reason}"
 
-    async def _accept(self, body: bytes, message_id: str | None) -> str:
+    async def _accept(self, body: bytes, message_id: str | None,
+                      ignore_suppressions: bool) -> str:
         request = decode_request(body, message_id, self._max_bytes)
         structlog.contextvars.bind_contextvars(delivery_id=request.delivery_id)
         # The same request whatever its spelling (by HTTP or AMQP); the first version stored
@@ -80,10 +90,14 @@ class Intake:
                 prepared = prepare(request, await repository.find_account(
                     db, request.account_id))
                 await self._require_queue(prepared.account_id, request.delivery_id, urgent)
-                await repository.store(db, prepared, sha256, scheduled)
+                suppressed = set() if ignore_suppressions else (
+                    await repository.suppressed_among(
+                        db, [r.email for r in prepared.recipients]))
+                left_out = await repository.store(db, prepared, sha256, scheduled, suppressed)
                 account_id, total = prepared.account_id, len(prepared.recipients)
             else:  # redelivered after a crash half-way: publish only what is not queued yet
                 account_id, total = str(stored["account_id"]), stored["total"]
+                left_out = stored["suppressed"]
                 # Stored already: a queue gone now is a fault to retry, not a refusal.
                 await self._fanout.require_queue(account_id, urgent)
             structlog.contextvars.bind_contextvars(account_id=account_id)
@@ -94,10 +108,16 @@ class Intake:
             await self._events.publish(DeliveryAccepted(
                 event_id=stable_event_id(request.delivery_id, "accepted"),
                 delivery_id=request.delivery_id, metadata=request.metadata,
-                account_id=account_id, recipients=total,
+                account_id=account_id, recipients=total, suppressed=left_out,
                 send_at=request.send_at if scheduled else None))
+            if left_out == total:  # nothing to send: complete as it is stored
+                await self._events.publish(DeliveryCompleted(
+                    event_id=stable_event_id(request.delivery_id, "completed"),
+                    delivery_id=request.delivery_id, metadata=request.metadata, sent=0,
+                    failed=0, suppressed=left_out, total=total))
             await repository.mark_accepted(db, request.delivery_id, fanned_out=not scheduled)
         log.info("delivery accepted", recipients=total, published_now=published,
+                 suppressed=left_out,
                  send_at=request.send_at.isoformat() if scheduled and request.send_at else None)
         return "scheduled" if scheduled else "accepted"
 

@@ -7,6 +7,7 @@ from pathlib import Path
 
 import asyncpg
 import structlog
+from yarl import URL
 
 from services.dispatcher.api import create_app
 from services.dispatcher.cancel import CancelIntake, Canceller
@@ -48,13 +49,18 @@ async def serve(settings: DispatcherSettings) -> None:
         consuming = await connection.channel()
         await consuming.set_qos(prefetch_count=settings.request_prefetch)
         queue = await consuming.get_queue(topology.requests_queue)
-        consumer = RequestConsumer(queue, intake, CancelIntake(canceller, dead))
+        own_user = URL(settings.amqp_url.get_secret_value()).user or "guest"
+        consumer = RequestConsumer(queue, intake, CancelIntake(canceller, dead),
+                                   settings.bypass_users(own_user))
         requests = await confirmed.get_exchange(topology.requests_exchange, ensure=False)
 
-        async def publish_request(request: DeliveryRequest) -> None:
+        async def publish_request(request: DeliveryRequest, ignore_suppressions: bool) -> None:
             body = request.model_dump_json(exclude_none=True).encode()
-            await publish(requests, "delivery.request", make_message(
-                body, message_id=request.delivery_id, type_="delivery.request"))
+            message = make_message(
+                body, message_id=request.delivery_id, type_="delivery.request",
+                headers={"x-ignore-suppressions": "true"} if ignore_suppressions else None)
+            message.user_id = own_user  # checked by the broker: the intake may trust it
+            await publish(requests, "delivery.request", message)
 
         health = Health()
         health.add_check("broker", lambda: not connection.is_closed)

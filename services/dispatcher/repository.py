@@ -9,7 +9,7 @@ import asyncpg
 from services.dispatcher.validate import PreparedDelivery, account_uuid
 
 RECIPIENT_STATES = ("new", "scheduled", "queued", "deferred", "sent", "failed", "unknown",
-                    "cancelled", "expired")
+                    "cancelled", "expired", "suppressed", "bounced")
 # A cancel settles these: every recipient whose job is not yet sent (or settled otherwise).
 CANCELLABLE = ["new", "scheduled", "queued", "deferred"]
 
@@ -44,28 +44,74 @@ async def get_delivery(db: asyncpg.Connection | asyncpg.Pool,
 
 
 async def store(db: asyncpg.Connection, prepared: PreparedDelivery, sha256: bytes,
-                scheduled: bool) -> None:
+                scheduled: bool, suppressed: set[str]) -> int:
     """The delivery and one row per recipient, in one transaction; a scheduled delivery's
-    recipients wait as `scheduled` until its `send_at`."""
+    recipients wait as `scheduled` until its `send_at`; those on the suppression list
+    (`suppressed`, lower-case addresses) are `suppressed`. Returns how many those are; a
+    delivery whose every recipient is suppressed is complete at once."""
     request = prepared.request
+    waiting = "scheduled" if scheduled else "new"
+    states = ["suppressed" if r.email.lower() in suppressed else waiting
+              for r in prepared.recipients]
+    count = states.count("suppressed")
     async with db.transaction():
         await db.execute(
             "INSERT INTO deliveries (delivery_id, request_sha256, account_id, requested_by, "
             "subject, text_body, html_body, headers, metadata, total, priority, send_at, "
-            "expires_at) VALUES ($1, $2, $3, $4, $5, $6, $7, $8, $9, $10, $11, $12, $13)",
+            "expires_at, suppressed, completed_at) VALUES ($1, $2, $3, $4, $5, $6, $7, $8, "
+            "$9, $10, $11, $12, $13, $14, CASE WHEN $14::int = $10::int THEN now() END)",
             request.delivery_id, sha256, prepared.account_id, request.requested_by,
             request.subject, request.text, request.html, request.headers, request.metadata,
             len(prepared.recipients), request.priority, request.send_at, request.expires_at,
+            count,
         )
-        state = "scheduled" if scheduled else "new"
         await db.copy_records_to_table(
             "delivery_recipients",
             columns=["delivery_id", "idx", "email", "name", "vars", "state"],
             records=(
-                (request.delivery_id, index, r.email, r.name, r.vars, state)
+                (request.delivery_id, index, r.email, r.name, r.vars, states[index])
                 for index, r in enumerate(prepared.recipients)
             ),
         )
+    return count
+
+
+async def suppressed_among(db: asyncpg.Connection, emails: Sequence[str]) -> set[str]:
+    """Of these addresses, the lower-case ones on the suppression list."""
+    rows = await db.fetch("SELECT email_key FROM suppressions WHERE email_key = ANY($1)",
+                          [email.lower() for email in emails])
+    return {row["email_key"] for row in rows}
+
+
+async def list_suppressions(db: asyncpg.Pool, q: str | None, limit: int,
+                            offset: int) -> tuple[list[asyncpg.Record], int]:
+    """Newest first; `q` a part of the address."""
+    pattern = None if not q else "%" + q.lower().replace("\\", "\\\\").replace(
+        "%", "\\%").replace("_", "\\_") + "%"
+    where = "($1::text IS NULL OR email_key LIKE $1)"
+    total = await db.fetchval(f"SELECT count(*) FROM suppressions WHERE {where}", pattern)
+    rows = await db.fetch(
+        f"SELECT email, reason, source, detail, created_at FROM suppressions WHERE {where} "
+        "ORDER BY created_at DESC, email_key LIMIT $2 OFFSET $3", pattern, limit, offset)
+    return rows, total
+
+
+async def suppress(db: asyncpg.Pool | asyncpg.Connection, email: str, reason: str,
+                   source: str, detail: str | None) -> asyncpg.Record:
+    """Adds the address (kept as it was when it is there already); returns its row."""
+    await db.execute(
+        "INSERT INTO suppressions (email_key, email, reason, source, detail) "
+        "VALUES ($1, $2, $3, $4, $5) ON CONFLICT (email_key) DO NOTHING",
+        email.lower(), email, reason, source, detail)
+    return await db.fetchrow(
+        "SELECT email, reason, source, detail, created_at FROM suppressions "
+        "WHERE email_key = $1", email.lower())
+
+
+async def unsuppress(db: asyncpg.Pool, email: str) -> bool:
+    return await db.fetchval(
+        "WITH d AS (DELETE FROM suppressions WHERE email_key = $1 RETURNING 1) "
+        "SELECT count(*) > 0 FROM d", email.lower())
 
 
 async def release_scheduled(db: asyncpg.Connection, delivery_id: str) -> None:
@@ -176,7 +222,7 @@ async def cancel(db: asyncpg.Connection, delivery_id: str,
                 "UPDATE deliveries SET cancelled_at = now(), cancelled_by = $2, "
                 "cancelled = cancelled + $3, cancel_count = $3, cancel_sent = sent, "
                 "completed_at = CASE WHEN completed_at IS NULL "
-                "AND sent + failed + unknown + cancelled + $3 = total THEN now() "
+                "AND sent + failed + unknown + cancelled + suppressed + $3 = total THEN now() "
                 "ELSE completed_at END WHERE delivery_id = $1 AND cancelled_at IS NULL",
                 delivery_id, requested_by, count)
         return await db.fetchrow("SELECT * FROM deliveries WHERE delivery_id = $1",

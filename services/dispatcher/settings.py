@@ -17,3 +17,11 @@ class DispatcherSettings(ApiSettings):
     schedule_poll_s: float = Field(
         1.0, gt=0, le=60, description="How often the schedule owner looks for scheduled "
         "deliveries that are due (it also wakes at the next one's time).")
+    suppression_bypass_users: str = Field(
+        "", description="Comma-separated RabbitMQ users whose delivery requests may carry the "
+        "header x-ignore-suppressions: true (a password reset sent past the suppression "
+        "list); the dispatcher's own user (its HTTP door, for administrators) always may.")
+
+    def bypass_users(self, own_user: str) -> frozenset[str]:
+        named = {user.strip() for user in self.suppression_bypass_users.split(",")}
+        return frozenset(named - {""} | {own_user})

@@ -24,7 +24,8 @@ class Recorded:
 async def recipient(db: asyncpg.Pool, delivery_id: str, index: int) -> asyncpg.Record | None:
     return await db.fetchrow(
         "SELECT r.state, r.attempts, r.last_smtp_code, r.last_smtp_message, r.message_id, "
-        "d.metadata, d.completed_at, d.sent, d.failed, d.unknown, d.cancelled, d.total, "
+        "d.metadata, d.completed_at, d.sent, d.failed, d.unknown, d.cancelled, d.suppressed, "
+        "d.total, "
         "d.expires_at, d.paused_at "
         "FROM delivery_recipients r JOIN deliveries d USING (delivery_id) "
         "WHERE r.delivery_id = $1 AND r.idx = $2",

@@ -520,7 +520,7 @@ class AccountWorker:
                 event_id=stable_event_id(job.delivery_id, "completed"),
                 delivery_id=job.delivery_id, metadata=row["metadata"], sent=row["sent"],
                 failed=row["failed"] + row["unknown"], cancelled=row["cancelled"],
-                total=row["total"]))
+                suppressed=row["suppressed"], total=row["total"]))
         log.info("job already settled; not sent again", outcome=state)
         return Ack()
 

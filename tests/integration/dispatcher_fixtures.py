@@ -13,6 +13,7 @@ import httpx
 import orjson
 import pytest
 from aio_pika.abc import AbstractChannel, AbstractQueue, AbstractRobustConnection
+from yarl import URL
 
 from services.config_svc.main import MIGRATIONS as ACCOUNTS_MIGRATIONS
 from services.dispatcher.api import create_app
@@ -83,6 +84,7 @@ class Dispatcher:
     fanout: FanOut
     scheduling: asyncio.Task
     connect: Any  # a connection of its own, for a schedule
+    amqp_user: str = "mail"
 
     def new_schedule(self) -> Schedule:
         return Schedule(self.pool, self.connect, self.fanout, self.canceller, poll_s=0.2)
@@ -114,11 +116,14 @@ class Dispatcher:
 
     def app(self) -> Any:
         """The dispatcher's HTTP API, publishing into this test's topology."""
-        async def publish_request(request: DeliveryRequest) -> None:
+        async def publish_request(request: DeliveryRequest, ignore_suppressions: bool) -> None:
             exchange = await self.channel.get_exchange(self.topology.requests_exchange)
-            await publish(exchange, "delivery.request", make_message(
+            message = make_message(
                 request.model_dump_json(exclude_none=True).encode(),
-                message_id=request.delivery_id))
+                message_id=request.delivery_id,
+                headers={"x-ignore-suppressions": "true"} if ignore_suppressions else None)
+            message.user_id = self.amqp_user
+            await publish(exchange, "delivery.request", message)
 
         return create_app(self.pool, TokenVerifier("HS256", JWT_SECRET), Health(),
                           self.canceller, publish_request, max_request_bytes=64 * 1024,
@@ -135,7 +140,7 @@ class Dispatcher:
 
 @pytest.fixture
 async def dispatcher(pool: asyncpg.Pool, amqp: AbstractRobustConnection, unique: str,
-                     postgres_dsn: str) -> AsyncIterator[Dispatcher]:
+                     postgres_dsn: str, amqp_url: str) -> AsyncIterator[Dispatcher]:
     await migrate_all(pool)
     # Short retry delays, so that the sender's tests see retries come back.
     topology = Topology(prefix=unique, retry_delays_s=(1, 2))
@@ -153,14 +158,15 @@ async def dispatcher(pool: asyncpg.Pool, amqp: AbstractRobustConnection, unique:
     canceller = Canceller(pool, publisher)
     consuming = await amqp.channel()
     await consuming.set_qos(prefetch_count=4)
+    amqp_user = URL(amqp_url).user or "guest"
     consumer = RequestConsumer(await consuming.get_queue(topology.requests_queue), intake,
-                               CancelIntake(canceller, letters))
+                               CancelIntake(canceller, letters), frozenset({amqp_user}))
     await consumer.start()
     connect = functools.partial(asyncpg.connect, postgres_dsn)
     schedule = Schedule(pool, connect, fanout, canceller, poll_s=0.2, announce_after_s=0.5)
     scheduling = asyncio.create_task(schedule.run())
     stack = Dispatcher(pool, channel, topology, account_id, events, dead, consumer, canceller,
-                       schedule, fanout, scheduling, connect)
+                       schedule, fanout, scheduling, connect, amqp_user)
     yield stack
     await stack.stop_schedule()
     await consumer.stop(10)

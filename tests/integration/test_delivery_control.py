@@ -2,11 +2,14 @@
 deliveries, cancel. Real broker and database; the HTTP API in process."""
 
 import asyncio
+import uuid
 from datetime import UTC, datetime, timedelta
+from urllib.parse import quote
 
 import orjson
 
 from services.dispatcher import repository
+from shared.topology import make_message, publish
 from tests.conftest import eventually
 from tests.integration.accounts_fixtures import auth
 from tests.integration.amqp_helpers import receive
@@ -306,3 +309,86 @@ async def test_the_list_of_deliveries_shows_a_user_theirs_and_an_administrator_a
         done = await client.get("/v1/deliveries", params={**params, "state": "completed"},
                                 headers=auth())
         assert done.json()["items"] == []
+
+
+# -- the suppression list -----------------------------------------------------------------------
+
+
+async def test_a_suppressed_address_is_left_out_counted_and_listed(
+    dispatcher: Dispatcher,
+) -> None:
+    unique = uuid.uuid4().hex[:8]
+    gone = f"Gone.{unique}@Example.com"
+    async with dispatcher.http() as client:
+        refused = await client.post("/v1/suppressions", json={"email": gone},
+                                    headers=auth("tanaka", admin=False))
+        assert refused.status_code == 403
+        added = await client.post("/v1/suppressions", json={
+            "email": gone, "reason": "hard", "detail": "550 5.1.1 user unknown"},
+            headers=auth())
+        assert added.status_code == 201, added.text
+        assert (added.json()["reason"], added.json()["source"]) == ("hard", "admin")
+        found = await client.get("/v1/suppressions", params={"q": unique}, headers=auth())
+        assert [row["email"].lower() for row in found.json()["items"]] == [gone.lower()]
+
+        body = request_body(account_id=dispatcher.account_id, recipients=[
+            {"email": gone.lower(), "name": "n", "vars": {"plan": "gold"}},
+            {"email": f"kept.{unique}@example.com", "name": "m", "vars": {"plan": "gold"}}])
+        await dispatcher.publish_request(body)
+        accepted = await dispatcher.next_event()
+        assert (accepted["recipients"], accepted["suppressed"]) == (2, 1)
+        assert await _queued_jobs(dispatcher) == 1
+        assert await _states(dispatcher, body["delivery_id"]) == {"queued": 1, "suppressed": 1}
+        status = await client.get(f"/v1/deliveries/{body['delivery_id']}", headers=auth())
+        assert (status.json()["suppressed"], status.json()["total"]) == (1, 2)
+
+        # Removed (URL-encoded, any case): the next delivery sends to it again.
+        removed = await client.delete(f"/v1/suppressions/{quote(gone.upper())}",
+                                      headers=auth())
+        assert removed.status_code == 204
+        again = await client.delete(f"/v1/suppressions/{quote(gone)}", headers=auth())
+        assert again.status_code == 404
+    body = request_body(account_id=dispatcher.account_id, recipients=[
+        {"email": gone, "name": "n", "vars": {"plan": "gold"}}])
+    await dispatcher.publish_request(body)
+    accepted = await dispatcher.next_event()
+    assert accepted["suppressed"] == 0
+
+
+async def test_a_delivery_all_suppressed_completes_at_once_and_an_admin_may_send_past_it(
+    dispatcher: Dispatcher,
+) -> None:
+    gone = f"reset.{uuid.uuid4().hex[:8]}@example.com"
+    async with dispatcher.http() as client:
+        await client.post("/v1/suppressions", json={"email": gone, "reason": "complaint"},
+                          headers=auth())
+        body = request_body(account_id=dispatcher.account_id, recipients=[
+            {"email": gone, "name": "n", "vars": {"plan": "gold"}}])
+        await dispatcher.publish_request(body)
+        accepted = await dispatcher.next_event()
+        assert (accepted["recipients"], accepted["suppressed"]) == (1, 1)
+        completed = await dispatcher.next_event()
+        assert (completed["type"], completed["sent"], completed["suppressed"],
+                completed["total"]) == ("delivery.completed", 0, 1, 1)
+
+        reset = request_body(account_id=dispatcher.account_id, recipients=[
+            {"email": gone, "name": "n", "vars": {"plan": "gold"}}])
+        refused = await client.post("/v1/deliveries?ignore_suppressions=true", json=reset,
+                                    headers=auth("tanaka", admin=False))
+        assert refused.status_code == 403
+        taken = await client.post("/v1/deliveries?ignore_suppressions=true",
+                                  json={**reset, "requested_by": "tanaka"}, headers=auth())
+        assert taken.status_code == 202
+    accepted = await dispatcher.next_event()
+    assert (accepted["delivery_id"], accepted["suppressed"]) == (reset["delivery_id"], 0)
+    assert await _queued_jobs(dispatcher) == 1
+
+    # The header alone, from a publisher the broker does not vouch for: the list holds.
+    exchange = await dispatcher.channel.get_exchange(dispatcher.topology.requests_exchange)
+    forged = request_body(account_id=dispatcher.account_id, recipients=[
+        {"email": gone, "name": "n", "vars": {"plan": "gold"}}])
+    await publish(exchange, "delivery.request", make_message(
+        orjson.dumps(forged), message_id=forged["delivery_id"],
+        headers={"x-ignore-suppressions": "true"}))
+    accepted = await dispatcher.next_event()
+    assert accepted["suppressed"] == 1

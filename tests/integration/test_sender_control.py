@@ -164,3 +164,22 @@ async def test_a_paused_delivery_waits_while_the_accounts_others_go_on_and_resum
                                    + [f"b{i}@example.com" for i in range(5)])
     assert await ledger_states(stack, paused["delivery_id"]) == {"sent": 20}
     assert min(gaps(server)) >= 0.1
+
+
+async def test_a_delivery_with_a_suppressed_recipient_completes_when_the_rest_is_sent(
+    start_sender: Any,
+) -> None:
+    async with smtp_server() as server:
+        stack = await sender_on(start_sender, server)
+        await stack.dispatcher.pool.execute(
+            "INSERT INTO suppressions (email_key, email, reason, source) "
+            "VALUES ('r1@example.com', 'r1@example.com', 'hard', 'tests') "
+            "ON CONFLICT DO NOTHING")
+        body = request_body(account_id=stack.account_id, recipients=recipients(3))
+        await stack.dispatcher.publish_request(body)
+        completed = await stack.completed(body["delivery_id"])
+    assert (completed["sent"], completed["failed"], completed["suppressed"],
+            completed["total"]) == (2, 0, 1, 3)
+    assert sorted(m.rcpt_tos[0] for m in server.messages) == ["r0@example.com",
+                                                              "r2@example.com"]
+    assert await ledger_states(stack, body["delivery_id"]) == {"sent": 2, "suppressed": 1}

@@ -1,10 +1,13 @@
--- The outcome's record, fourth version, for delivery control (contract §6):
+-- The outcome's record, fourth version, for delivery control and the suppression list
+-- (contract §6):
 -- * `expired` settles a recipient like `failed` (the delivery's `failed` counts it);
 -- * a `cancelled` recipient is settled and never sent, except by a transaction already on the
 --   wire when the cancel committed: its 250 (or an unknown end) is recorded, and the
 --   delivery's counts move from cancelled to sent;
--- * the delivery is complete when sent + failed + unknown + cancelled reach the total, and
---   delivery.completed carries `cancelled`.
+-- * a delivery's suppressed recipients (dispatcher migration 0004) count in its total, never
+--   as sent or failed;
+-- * the delivery is complete when sent + failed + unknown + cancelled + suppressed reach the
+--   total, and delivery.completed carries `cancelled` and `suppressed`.
 CREATE OR REPLACE FUNCTION record_outcome(
     p_delivery_id text, p_idx integer, p_state text, p_code integer, p_message text,
     p_message_id text, p_account uuid, p_owner text, p_touched_server boolean,
@@ -65,13 +68,14 @@ BEGIN
            cancelled = x.cancelled - uncancelled,
            completed_at = CASE
                WHEN x.completed_at IS NULL
-                    AND x.sent + x.failed + x.unknown + x.cancelled + 1 - uncancelled = x.total
+                    AND x.sent + x.failed + x.unknown + x.cancelled + x.suppressed + 1 - uncancelled
+                        = x.total
                THEN now() ELSE x.completed_at END
      WHERE x.delivery_id = p_delivery_id
-    RETURNING x.sent, x.failed, x.unknown, x.cancelled, x.total, x.metadata, x.completed_at
-      INTO d;
+    RETURNING x.sent, x.failed, x.unknown, x.cancelled, x.suppressed, x.total, x.metadata,
+              x.completed_at INTO d;
     done := d.completed_at IS NOT NULL AND d.completed_at = now()
-            AND d.sent + d.failed + d.unknown + d.cancelled = d.total;
+            AND d.sent + d.failed + d.unknown + d.cancelled + d.suppressed = d.total;
     IF done AND p_completed_id IS NOT NULL THEN
         -- The contract's event has sent and failed: failed counts the unknown outcomes too.
         INSERT INTO sender_outbox (routing_key, event_id, body)
@@ -79,7 +83,7 @@ BEGIN
             'type', 'delivery.completed', 'event_id', p_completed_id,
             'occurred_at', clock_timestamp(), 'delivery_id', p_delivery_id,
             'metadata', d.metadata, 'sent', d.sent, 'failed', d.failed + d.unknown,
-            'cancelled', d.cancelled, 'total', d.total));
+            'cancelled', d.cancelled, 'suppressed', d.suppressed, 'total', d.total));
     END IF;
     RETURN QUERY SELECT true, tries, kept;
 END;
