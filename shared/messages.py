@@ -239,6 +239,19 @@ class MailFailed(RecipientEvent):
     omitted_when_none = ("requested_account_id", "reason")
 
 
+class MailBounced(RecipientEvent):
+    """Contract §6: a bounce (or a complaint) that came back after the mail was sent."""
+
+    type: Literal["mail.bounced"] = "mail.bounced"
+    account_id: str
+    recipient: str
+    message_id: str
+    kind: Literal["hard", "soft", "policy", "complaint"]
+    status: str | None
+    diagnostic: str
+    remote_mta: str | None
+
+
 class DeliveryCompleted(DeliveryEvent):
     type: Literal["delivery.completed"] = "delivery.completed"
     sent: int
@@ -300,9 +313,9 @@ class AccountDeleted(Event):
 
 
 EVENT_TYPES: tuple[type[Event], ...] = (
-    DeliveryAccepted, DeliveryRejected, MailSent, MailDeferred, MailFailed, DeliveryCompleted,
-    DeliveryCancelled, AccountPaused, AccountResumed, AccountThrottled, AccountCreated,
-    AccountUpdated, AccountDeleted,
+    DeliveryAccepted, DeliveryRejected, MailSent, MailDeferred, MailFailed, MailBounced,
+    DeliveryCompleted, DeliveryCancelled, AccountPaused, AccountResumed, AccountThrottled,
+    AccountCreated, AccountUpdated, AccountDeleted,
 )
 MESSAGE_TYPES: tuple[type[BaseModel], ...] = (DeliveryRequest, DeliveryCancel, SendJob,
                                               *EVENT_TYPES)

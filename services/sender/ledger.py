@@ -280,3 +280,34 @@ async def set_paused(db: asyncpg.Pool, account_id: str, reason: str | None,
                 "INSERT INTO sender_outbox (routing_key, event_id, body) VALUES ($1, $2, $3)",
                 event["type"], event["event_id"], event)
     return changed
+
+
+# -- bounces ----------------------------------------------------------------------------------
+
+
+async def sent_by_message_id(db: asyncpg.Pool, message_id: str) -> asyncpg.Record | None:
+    """The recipient a mail was sent to, by its Message-ID (one a recipient)."""
+    return await db.fetchrow(
+        "SELECT r.delivery_id, r.idx, r.email, r.state, r.message_id, "
+        "coalesce(r.account_id, d.account_id) AS account_id, d.metadata "
+        "FROM delivery_recipients r JOIN deliveries d USING (delivery_id) "
+        "WHERE r.message_id = $1", message_id)
+
+
+async def record_bounce(db: asyncpg.Pool, *, delivery_id: str, index: int, kind: str,
+                        status: str | None, diagnostic: str, event: dict[str, Any],
+                        soft_limit: int, soft_window: timedelta) -> tuple[bool, bool]:
+    """(applied: the row was sent and is bounced now, suppressed: the address now is)."""
+    row = await db.fetchrow(
+        "SELECT * FROM record_bounce($1, $2, $3, $4, $5, $6, $7, $8)",
+        delivery_id, index, kind, status, diagnostic[:2000], event, soft_limit, soft_window)
+    return row["applied"], row["suppressed"]
+
+
+async def record_unmatched(db: asyncpg.Pool, *, account_id: str | None, report: str,
+                           message_id: str | None, recipient: str | None,
+                           detail: str) -> None:
+    await db.execute(
+        "INSERT INTO bounces_unmatched (account_id, report, message_id, recipient, detail) "
+        "VALUES ($1, $2, $3, $4, $5)", account_id, report, message_id, recipient,
+        detail[:2000])

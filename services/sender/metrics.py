@@ -43,3 +43,13 @@ SWEPT = Counter("mail_sender_swept_total",
 SKIPPED = Counter("mail_sender_skipped_jobs_total",
                   "Jobs acked without a turn: their recipient was cancelled or had expired.",
                   ["account_id"])
+BOUNCE_MESSAGES = Counter("mail_sender_bounce_messages_total",
+                          "Messages read from bounce mailboxes, by what they were read as.",
+                          ["report"])
+BOUNCES = Counter("mail_sender_bounces_total", "Recipients recorded as bounced, by kind.",
+                  ["kind"])
+BOUNCES_UNMATCHED = Counter("mail_sender_bounces_unmatched_total",
+                            "Bounces that matched no recipient (kept, never guessed).")
+POLICY_BOUNCES = Counter("mail_sender_policy_bounces_total",
+                         "Policy bounces (blocklists, reputation, authentication), by account.",
+                         ["account_id"])
