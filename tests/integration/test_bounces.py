@@ -28,11 +28,17 @@ def returned(server: SmtpTestServer, rcpt: str, *, status: str, diagnostic: str,
     return raw.decode().replace(bounce_corpus.QUOTED, headers + "\n").encode()
 
 
-async def sent_delivery(stack: SenderStack, count: int) -> dict:
-    body = request_body(account_id=stack.account_id, recipients=recipients(count))
+async def three_sent(start_sender: Any,
+                     server: SmtpTestServer) -> tuple[SenderStack, dict, BounceIntake]:
+    """A sender on `server`, a delivery to r0..r2 sent, and the bounce intake; none of the
+    three addresses suppressed by an earlier test."""
+    stack = await sender_on(start_sender, server)
+    await stack.dispatcher.pool.execute(
+        "DELETE FROM suppressions WHERE email_key LIKE 'r_@example.com'")
+    body = request_body(account_id=stack.account_id, recipients=recipients(3))
     await stack.dispatcher.publish_request(body)
     await stack.completed(body["delivery_id"])
-    return body
+    return stack, body, BounceIntake(stack.dispatcher.pool)
 
 
 async def suppressed(stack: SenderStack, address: str) -> Any:
@@ -44,11 +50,7 @@ async def test_a_hard_bounce_marks_the_recipient_announces_it_and_suppresses_the
     start_sender: Any,
 ) -> None:
     async with smtp_server() as server:
-        stack = await sender_on(start_sender, server)
-        await stack.dispatcher.pool.execute(
-            "DELETE FROM suppressions WHERE email_key LIKE 'r_@example.com'")
-        body = await sent_delivery(stack, 3)
-        intake = BounceIntake(stack.dispatcher.pool)
+        stack, body, intake = await three_sent(start_sender, server)
         raw = returned(server, "r1@example.com", status="5.1.1",
                        diagnostic="550 5.1.1 <r1@example.com>: User unknown")
         handled = await intake.handle(raw, stack.account_id)
@@ -82,11 +84,7 @@ async def test_a_policy_bounce_never_suppresses_and_a_complaint_does(
     start_sender: Any,
 ) -> None:
     async with smtp_server() as server:
-        stack = await sender_on(start_sender, server)
-        await stack.dispatcher.pool.execute(
-            "DELETE FROM suppressions WHERE email_key LIKE 'r_@example.com'")
-        body = await sent_delivery(stack, 3)
-        intake = BounceIntake(stack.dispatcher.pool)
+        stack, body, intake = await three_sent(start_sender, server)
         policy = await intake.handle(returned(
             server, "r0@example.com", status="5.7.1",
             diagnostic="550 5.7.1 Service unavailable; client blocked using Spamhaus"))
