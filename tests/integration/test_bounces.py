@@ -2,6 +2,7 @@
 bounce messages built as real MTAs build them, quoting the original's headers as the server
 received them, handed to the sender's bounce intake (the mailbox reader's part)."""
 
+import uuid
 from typing import Any
 
 from services.sender.bounces import BounceIntake
@@ -28,17 +29,18 @@ def returned(server: SmtpTestServer, rcpt: str, *, status: str, diagnostic: str,
     return raw.decode().replace(bounce_corpus.QUOTED, headers + "\n").encode()
 
 
-async def three_sent(start_sender: Any,
-                     server: SmtpTestServer) -> tuple[SenderStack, dict, BounceIntake]:
-    """A sender on `server`, a delivery to r0..r2 sent, and the bounce intake; none of the
-    three addresses suppressed by an earlier test."""
+async def three_sent(start_sender: Any, server: SmtpTestServer
+                     ) -> tuple[SenderStack, dict, BounceIntake, list[str]]:
+    """A sender on `server`, a delivery to three addresses of this test's own (r0..r2 with a
+    prefix: the suppressions it causes must not reach another test's recipients) sent, and
+    the bounce intake."""
     stack = await sender_on(start_sender, server)
-    await stack.dispatcher.pool.execute(
-        "DELETE FROM suppressions WHERE email_key LIKE 'r_@example.com'")
-    body = request_body(account_id=stack.account_id, recipients=recipients(3))
+    prefix = f"b{uuid.uuid4().hex[:8]}-r"
+    body = request_body(account_id=stack.account_id, recipients=recipients(3, prefix=prefix))
     await stack.dispatcher.publish_request(body)
     await stack.completed(body["delivery_id"])
-    return stack, body, BounceIntake(stack.dispatcher.pool)
+    addresses = [f"{prefix}{i}@example.com" for i in range(3)]
+    return stack, body, BounceIntake(stack.dispatcher.pool), addresses
 
 
 async def suppressed(stack: SenderStack, address: str) -> Any:
@@ -50,21 +52,21 @@ async def test_a_hard_bounce_marks_the_recipient_announces_it_and_suppresses_the
     start_sender: Any,
 ) -> None:
     async with smtp_server() as server:
-        stack, body, intake = await three_sent(start_sender, server)
-        raw = returned(server, "r1@example.com", status="5.1.1",
-                       diagnostic="550 5.1.1 <r1@example.com>: User unknown")
+        stack, body, intake, (r0, r1, _) = await three_sent(start_sender, server)
+        raw = returned(server, r1, status="5.1.1",
+                       diagnostic=f"550 5.1.1 <{r1}>: User unknown")
         handled = await intake.handle(raw, stack.account_id)
         assert (handled.report, handled.bounced, handled.suppressed) == ("dsn", 1, 1)
         stack.relay.wake()
         event = await stack.wait_event(lambda e: e["type"] == "mail.bounced")
         assert (event["recipient"], event["kind"], event["status"]) == (
-            "r1@example.com", "hard", "5.1.1")
-        assert event["diagnostic"] == "550 5.1.1 <r1@example.com>: User unknown"
+            r1, "hard", "5.1.1")
+        assert event["diagnostic"] == f"550 5.1.1 <{r1}>: User unknown"
         assert event["remote_mta"] == "mx1.example.jp"
         assert event["delivery_id"] == body["delivery_id"]
         assert event["metadata"] == {"crm_delivery": 123}
         assert await ledger_states(stack, body["delivery_id"]) == {"sent": 2, "bounced": 1}
-        assert dict(await suppressed(stack, "r1@example.com")) == {
+        assert dict(await suppressed(stack, r1)) == {
             "reason": "hard", "source": "bounce"}
 
         # The same bounce again (a second copy in the mailbox): nothing more.
@@ -72,36 +74,37 @@ async def test_a_hard_bounce_marks_the_recipient_announces_it_and_suppresses_the
         assert again.bounced == 0
 
         # The next delivery to the address leaves it out.
-        following = request_body(account_id=stack.account_id, recipients=recipients(2))
+        following = request_body(account_id=stack.account_id, recipients=[
+            {"email": address, "name": "n", "vars": {"plan": "gold"}} for address in (r0, r1)])
         await stack.dispatcher.publish_request(following)
         completed = await stack.completed(following["delivery_id"])
         assert (completed["sent"], completed["suppressed"]) == (1, 1)
     # r1 got the first delivery only.
-    assert sum(m.rcpt_tos == ["r1@example.com"] for m in server.messages) == 1
+    assert sum(m.rcpt_tos == [r1] for m in server.messages) == 1
 
 
 async def test_a_policy_bounce_never_suppresses_and_a_complaint_does(
     start_sender: Any,
 ) -> None:
     async with smtp_server() as server:
-        stack, body, intake = await three_sent(start_sender, server)
+        stack, body, intake, (r0, _, r2) = await three_sent(start_sender, server)
         policy = await intake.handle(returned(
-            server, "r0@example.com", status="5.7.1",
+            server, r0, status="5.7.1",
             diagnostic="550 5.7.1 Service unavailable; client blocked using Spamhaus"))
         assert (policy.bounced, policy.suppressed) == (1, 0)
-        assert await suppressed(stack, "r0@example.com") is None
-        complaint = await intake.handle(returned(server, "r2@example.com", status="",
+        assert await suppressed(stack, r0) is None
+        complaint = await intake.handle(returned(server, r2, status="",
                                                  diagnostic="", complaint=True))
         assert (complaint.report, complaint.bounced, complaint.suppressed) == (
             "complaint", 1, 1)
-        assert dict(await suppressed(stack, "r2@example.com")) == {
+        assert dict(await suppressed(stack, r2)) == {
             "reason": "complaint", "source": "complaint"}
         assert await ledger_states(stack, body["delivery_id"]) == {"sent": 1, "bounced": 2}
         kinds = await stack.dispatcher.pool.fetch(
             "SELECT email, bounce_kind FROM delivery_recipients WHERE delivery_id = $1 "
             "AND state = 'bounced' ORDER BY idx", body["delivery_id"])
         assert [(r["email"], r["bounce_kind"]) for r in kinds] == [
-            ("r0@example.com", "policy"), ("r2@example.com", "complaint")]
+            (r0, "policy"), (r2, "complaint")]
 
 
 async def test_an_unmatched_bounce_is_kept_and_an_auto_reply_ignored(

@@ -3,6 +3,7 @@ delivery, an expired recipient is not sent, a cancel stops a delivery being sent
 delivery waits while the account's others go on."""
 
 import time
+import uuid
 from datetime import UTC, datetime, timedelta
 from typing import Any
 
@@ -171,15 +172,16 @@ async def test_a_delivery_with_a_suppressed_recipient_completes_when_the_rest_is
 ) -> None:
     async with smtp_server() as server:
         stack = await sender_on(start_sender, server)
+        prefix = f"s{uuid.uuid4().hex[:8]}-r"  # this test's own addresses
         await stack.dispatcher.pool.execute(
             "INSERT INTO suppressions (email_key, email, reason, source) "
-            "VALUES ('r1@example.com', 'r1@example.com', 'hard', 'tests') "
-            "ON CONFLICT DO NOTHING")
-        body = request_body(account_id=stack.account_id, recipients=recipients(3))
+            "VALUES ($1, $1, 'hard', 'tests')", f"{prefix}1@example.com")
+        body = request_body(account_id=stack.account_id,
+                            recipients=recipients(3, prefix=prefix))
         await stack.dispatcher.publish_request(body)
         completed = await stack.completed(body["delivery_id"])
     assert (completed["sent"], completed["failed"], completed["suppressed"],
             completed["total"]) == (2, 0, 1, 3)
-    assert sorted(m.rcpt_tos[0] for m in server.messages) == ["r0@example.com",
-                                                              "r2@example.com"]
+    assert sorted(m.rcpt_tos[0] for m in server.messages) == [f"{prefix}0@example.com",
+                                                              f"{prefix}2@example.com"]
     assert await ledger_states(stack, body["delivery_id"]) == {"sent": 2, "suppressed": 1}
