@@ -174,8 +174,11 @@ class Stack:
     def password(self):
         """Generated on the first `up` and kept in DIR, so URLs stay valid across restarts."""
         path = self.dir / "password"
-        if not path.exists():
-            path.write_text(secrets.token_urlsafe(18) + "\n")  # no URL escaping needed
+        # One beginning with "-" (1 in 64 of token_urlsafe) is an option to rabbitmqctl: a
+        # letter first; one kept from before with a "-" first is replaced (every `up` sets
+        # the users' passwords again).
+        if not path.exists() or path.read_text().startswith("-"):
+            path.write_text("m" + secrets.token_urlsafe(18) + "\n")  # no URL escaping needed
             path.chmod(0o600)
         return path.read_text().strip()
 
