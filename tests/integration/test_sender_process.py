@@ -147,6 +147,15 @@ class Harness:
                 found.setdefault(event["recipient"], set()).add(event["event_id"])
         return found
 
+    async def all_announced(self, delivery_id: str, emails: list[str],
+                            timeout: float = 15) -> None:
+        """Until every recipient's mail.sent has come (the outbox relay publishes them a
+        moment after the ledger's commit)."""
+        async def announced() -> bool:
+            return set(self.mail_sent_ids(delivery_id)) >= set(emails)
+
+        await eventually(announced, timeout=timeout)
+
     async def ledger_rows(self, delivery_id: str) -> list[asyncpg.Record]:
         return await self.pool.fetch(
             "SELECT email, state, attempts FROM delivery_recipients WHERE delivery_id = $1 "
@@ -243,6 +252,7 @@ async def test_pacing_holds_with_two_senders_and_across_a_sigkill_of_the_active_
     assert survivor.running
     rows = await harness.ledger_rows(delivery_id)
     assert [(r["state"], r["attempts"]) for r in rows] == [("sent", 1)] * total
+    await harness.all_announced(delivery_id, emails)
     assert {r: len(ids) for r, ids in harness.mail_sent_ids(delivery_id).items()} == {
         e: 1 for e in emails}
 
@@ -314,6 +324,7 @@ async def test_a_sender_killed_mid_delivery_and_restarted_sends_everything_once(
         "WHERE delivery_id = $1", delivery_id)
     assert (delivery["sent"], delivery["failed"], delivery["unknown"]) == (total, 0, 0)
     assert delivery["completed_at"] is not None
+    await harness.all_announced(delivery_id, emails)
     assert {r: len(ids) for r, ids in harness.mail_sent_ids(delivery_id).items()} == {
         e: 1 for e in emails}
 
@@ -356,6 +367,7 @@ async def test_urgent_and_bulk_queues_are_drained_exactly_once_across_a_sigkill(
     for delivery_id, emails in ((bulk_id, bulk), (urgent_id, urgent)):
         rows = await harness.ledger_rows(delivery_id)
         assert [(r["state"], r["attempts"]) for r in rows] == [("sent", 1)] * len(emails)
+        await harness.all_announced(delivery_id, emails)
         assert {r: len(ids) for r, ids in harness.mail_sent_ids(delivery_id).items()} == {
             e: 1 for e in emails}
     assert await harness.queue_counts(account_id) == (0, 1)
