@@ -36,31 +36,27 @@ class SuppressionIn(BaseModel):
     detail: Annotated[str, StringConstraints(max_length=1000)] | None = None
 
 
-def delivery_state(row: Any, counts: dict[str, int]) -> str:
-    total = row["total"]
-    if row["completed_at"] is not None or (
-            total and sum(counts[state] for state in SETTLED) == total):
+def delivery_state(row: Any, started: bool, settled: int | None = None) -> str:
+    """`started`: some recipient was tried; `settled`: how many are settled, when counted."""
+    if row["completed_at"] is not None or (row["total"] and settled == row["total"]):
         return "completed"
     if row["paused_at"] is not None:
         return "paused"
     if row["fanned_out_at"] is None and row["send_at"] is not None:
         return "scheduled"
-    if any(counts[state] for state in ("deferred", *SETTLED)):
-        return "sending"
-    return "queued"
+    return "sending" if started else "queued"
+
+
+def counted_state(row: Any, counts: dict[str, int]) -> str:
+    """A delivery's state from the count of its recipients by state."""
+    return delivery_state(row, any(counts[state] for state in ("deferred", *SETTLED)),
+                          sum(counts[state] for state in SETTLED))
 
 
 def listed_state(row: Any) -> str:
     """A delivery's state from its own counters (no count of its recipients)."""
-    if row["completed_at"] is not None:
-        return "completed"
-    if row["paused_at"] is not None:
-        return "paused"
-    if row["fanned_out_at"] is None and row["send_at"] is not None:
-        return "scheduled"
-    if row["sent"] or row["failed"] or row["unknown"] or row["cancelled"]:
-        return "sending"
-    return "queued"
+    return delivery_state(row, any(row[name] for name in ("sent", "failed", "unknown",
+                                                          "cancelled")))
 
 
 def create_app(pool: asyncpg.Pool, verifier: TokenVerifier, health: Health,
@@ -194,7 +190,7 @@ def create_app(pool: asyncpg.Pool, verifier: TokenVerifier, health: Health,
             wake_schedule()  # what was taken out goes back into the queue at once
         row = await visible_delivery(delivery_id, user)
         counts = await repository.recipient_counts(pool, delivery_id)
-        return {"delivery_id": delivery_id, "state": delivery_state(row, counts)}
+        return {"delivery_id": delivery_id, "state": counted_state(row, counts)}
 
     @app.get("/v1/deliveries/{delivery_id}")
     async def status(delivery_id: str, user: UserDep) -> dict[str, Any]:
@@ -203,7 +199,7 @@ def create_app(pool: asyncpg.Pool, verifier: TokenVerifier, health: Health,
         return {
             "delivery_id": delivery_id,
             "account_id": str(row["account_id"]),
-            "state": delivery_state(row, counts),
+            "state": counted_state(row, counts),
             "total": row["total"],
             "queued": counts["new"] + counts["queued"],
             "scheduled": counts["scheduled"],

@@ -76,13 +76,16 @@ def mount_ui(app: FastAPI, service: AccountService, sessions: Sessions,
     async def home() -> Response:
         return RedirectResponse("/ui/accounts", status_code=303)
 
+    def signin_form(request: Request, status: int = 200, error: bool = False) -> Response:
+        token = sessions.signin_token(request)
+        response = render(request, "signin.html", status=status, error=error,
+                          signin_csrf=token)
+        sessions.keep_signin_token(request, response, token)
+        return response
+
     @router.get("/signin")
     async def signin_page(request: Request) -> Response:
-        response = render(request, "signin.html")
-        signin_csrf = sessions.signin_csrf(request, response)
-        response.body = response.body.replace(b"__SIGNIN_CSRF__", signin_csrf.encode())
-        response.headers["content-length"] = str(len(response.body))
-        return response
+        return signin_form(request)
 
     @router.post("/signin")
     async def signin(request: Request) -> Response:
@@ -92,11 +95,7 @@ def mount_ui(app: FastAPI, service: AccountService, sessions: Sessions,
         try:
             sessions.sign_in(request, response, values.get("token", "").strip())
         except InvalidToken:
-            page = render(request, "signin.html", status=401, error=True)
-            signin_csrf = sessions.signin_csrf(request, page)
-            page.body = page.body.replace(b"__SIGNIN_CSRF__", signin_csrf.encode())
-            page.headers["content-length"] = str(len(page.body))
-            return page
+            return signin_form(request, status=401, error=True)
         return _headers(response)
 
     @router.post("/signout")

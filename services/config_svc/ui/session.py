@@ -60,11 +60,14 @@ class Sessions:
         response.delete_cookie(COOKIE, path="/ui")
 
     @staticmethod
-    def signin_csrf(request: Request, response: Response) -> str:
-        value = request.cookies.get(SIGNIN_COOKIE) or secrets.token_hex(16)
+    def signin_token(request: Request) -> str:
+        """The sign-in form's CSRF token: the browser's, or a new one."""
+        return request.cookies.get(SIGNIN_COOKIE) or secrets.token_hex(16)
+
+    @staticmethod
+    def keep_signin_token(request: Request, response: Response, value: str) -> None:
         response.set_cookie(SIGNIN_COOKIE, value, httponly=True, samesite="strict",
                             secure=request.url.scheme == "https", path="/ui")
-        return value
 
     @staticmethod
     def check_signin_csrf(request: Request, given: str | None) -> None:
