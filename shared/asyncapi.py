@@ -116,6 +116,19 @@ def _exchange(name: str, kind: str, vhost: str) -> dict[str, Any]:
     return {"name": name, "type": kind, "durable": True, "autoDelete": False, "vhost": vhost}
 
 
+# What other systems publish to `mail.requests`: channel, operation, description, and what
+# the dispatcher takes.
+_INTO_DISPATCHER: dict[type[BaseModel], tuple[str, str, str, str]] = {
+    DeliveryRequest: ("deliveryRequests", "receiveDeliveryRequest",
+                      "Delivery requests from other systems (message_id = delivery_id: a "
+                      "repeat is never sent twice).", "requests"),
+    DeliveryCancel: ("deliveryCancels", "receiveDeliveryCancel",
+                     "Cancel a delivery (message_id = cancel:<delivery_id>): every recipient "
+                     "not yet sent becomes cancelled; requested_by must be the delivery's "
+                     "requester.", "cancels"),
+}
+
+
 def render(topology: Topology | None = None, vhost: str = "mail") -> dict[str, Any]:
     topology = topology or Topology()
     shared: dict[str, Any] = {}
@@ -139,31 +152,16 @@ def render(topology: Topology | None = None, vhost: str = "mail") -> dict[str, A
                                   "bindingVersion": AMQP_BINDING}},
         }
         ref = {"$ref": f"#/components/messages/{name}"}
-        if model is DeliveryRequest:
-            channels["deliveryRequests"] = {
-                "address": "delivery.request", "messages": {name: ref},
-                "description": "Delivery requests from other systems (message_id = "
-                               "delivery_id: a repeat is never sent twice).",
+        if model in _INTO_DISPATCHER:
+            channel, operation, description, what = _INTO_DISPATCHER[model]
+            channels[channel] = {
+                "address": kind, "messages": {name: ref}, "description": description,
                 "bindings": {"amqp": {"is": "routingKey", "exchange": _exchange(
                     topology.requests_exchange, "topic", vhost),
                     "bindingVersion": AMQP_BINDING}}}
-            operations["receiveDeliveryRequest"] = {
-                "action": "receive", "channel": {"$ref": "#/channels/deliveryRequests"},
-                "summary": "The dispatcher takes requests from "
-                           f"{topology.requests_queue}."}
-        elif model is DeliveryCancel:
-            channels["deliveryCancels"] = {
-                "address": "delivery.cancel", "messages": {name: ref},
-                "description": "Cancel a delivery (message_id = cancel:<delivery_id>): every "
-                               "recipient not yet sent becomes cancelled; requested_by must "
-                               "be the delivery's requester.",
-                "bindings": {"amqp": {"is": "routingKey", "exchange": _exchange(
-                    topology.requests_exchange, "topic", vhost),
-                    "bindingVersion": AMQP_BINDING}}}
-            operations["receiveDeliveryCancel"] = {
-                "action": "receive", "channel": {"$ref": "#/channels/deliveryCancels"},
-                "summary": "The dispatcher takes cancels from "
-                           f"{topology.requests_queue}."}
+            operations[operation] = {
+                "action": "receive", "channel": {"$ref": f"#/channels/{channel}"},
+                "summary": f"The dispatcher takes {what} from {topology.requests_queue}."}
         elif model is SendJob:
             channels["sendJobs"] = {
                 "address": "{account_id}", "messages": {name: ref},
