@@ -1,3 +1,4 @@
+import asyncio
 from collections.abc import AsyncIterator
 
 import aio_pika
@@ -55,3 +56,17 @@ async def management(amqp_url: str) -> AsyncIterator[httpx.AsyncClient]:
         base_url=base, auth=(url.user or "", url.password or ""), timeout=10
     ) as client:
         yield client
+
+
+@pytest.fixture(autouse=True)
+async def settled_loop() -> AsyncIterator[None]:
+    """Lets the callbacks a test's closed connections scheduled run before the loop closes.
+
+    aio-pika runs a robust connection's close callback as a task of its own; a test that
+    ends just after a close could leave it pending, and the loop's end would destroy it
+    (an unraisable warning, an error under `filterwarnings = error`, in the next test)."""
+    yield
+    current = asyncio.current_task()
+    pending = [task for task in asyncio.all_tasks() if task is not current and not task.done()]
+    if pending:
+        await asyncio.wait(pending, timeout=2)
