@@ -1,5 +1,6 @@
 #!/usr/bin/env python3
-"""Start and stop a private RabbitMQ node and PostgreSQL cluster whose data live in DIR.
+"""Start and stop a private RabbitMQ node, PostgreSQL cluster and Dovecot (IMAP and POP3, the
+bounce mailboxes) whose data live in DIR.
 
     stack.py up --dir DIR [--ports default|free]
     stack.py down --dir DIR
@@ -8,9 +9,10 @@
     stack.py status --dir DIR
     stack.py purge --dir DIR      (down, then DIR and its PostgreSQL data removed)
 
-Standard library only: it runs with the system python3 before any virtualenv exists. Both
-servers listen on 127.0.0.1 only, with their own ports, node name, Erlang cookie and epmd, so
-a system-wide RabbitMQ or PostgreSQL is never touched. `up` writes DIR/env (KEY=VALUE lines).
+Standard library only: it runs with the system python3 before any virtualenv exists. The
+servers listen on 127.0.0.1 only, with their own ports, node name, Erlang cookie and epmd,
+so a system-wide RabbitMQ, PostgreSQL or Dovecot is never touched. `up` writes DIR/env
+(KEY=VALUE lines).
 """
 
 import argparse
@@ -32,8 +34,10 @@ from pathlib import Path
 
 RABBIT_SBIN = "/usr/lib/rabbitmq/lib/rabbitmq_server-*/sbin"
 PG_BIN = "/usr/lib/postgresql/*/bin"
-DEFAULT_PORTS = {"amqp": 5672, "management": 15672, "postgres": 5432}
-PORT_NAMES = ("amqp", "management", "dist", "epmd", "postgres")
+DEFAULT_PORTS = {"amqp": 5672, "management": 15672, "postgres": 5432,
+                 "imap": 10143, "imaps": 10993, "pop3": 10110, "pop3s": 10995}
+DOVECOT = "/usr/sbin/dovecot"
+PORT_NAMES = ("amqp", "management", "dist", "epmd", "postgres", "imap", "imaps", "pop3", "pop3s")
 TIMEOUT = 90  # seconds for a server to become ready
 
 
@@ -154,7 +158,7 @@ class Stack:
         self.dir = Path(directory).resolve()
         self.rabbit = self.dir / "rabbitmq"
         # One node name per DIR, so that two stacks can run side by side.
-        digest = hashlib.sha256(str(self.dir).encode()).hexdigest()[:10]
+        digest = self.digest = hashlib.sha256(str(self.dir).encode()).hexdigest()[:10]
         self.node = f"mail-{digest}@localhost"
         # Where user postgres cannot enter DIR (a checkout under a 0700 home), its data live
         # in a private folder of the system's temporary directory, named after DIR and
@@ -425,6 +429,140 @@ def stop_postgres(stack):
         run(cmd, cwd=stack.dir)
 
 
+# --- Dovecot (IMAP and POP3: the accounts' bounce mailboxes) ---
+
+DOVECOT_CONF = """\\
+# Written by stack.py: a private Dovecot, loopback only, nothing shared with a system one.
+base_dir = {run}
+state_dir = {state}
+instance_name = mail-{digest}
+log_path = {home}/dovecot.log
+protocols = imap pop3
+listen = 127.0.0.1
+ssl = yes
+ssl_cert = <{home}/tls/cert.pem
+ssl_key = <{home}/tls/key.pem
+ssl_min_protocol = TLSv1.2
+disable_plaintext_auth = no
+auth_mechanisms = plain login
+# Every user name logs in with the stack's password; its mailbox is made on first use, so
+# each test has a mailbox of its own.
+passdb {{
+  driver = static
+  args = password={password}
+}}
+userdb {{
+  driver = static
+  args = uid=mail gid=mail home={home}/mail/%u
+}}
+first_valid_uid = 8
+mail_location = maildir:~/Maildir
+pop3_uidl_format = %g
+service imap-login {{
+  inet_listener imap {{
+    port = {imap}
+  }}
+  inet_listener imaps {{
+    port = {imaps}
+    ssl = yes
+  }}
+}}
+service pop3-login {{
+  inet_listener pop3 {{
+    port = {pop3}
+  }}
+  inet_listener pop3s {{
+    port = {pop3s}
+    ssl = yes
+  }}
+}}
+service auth {{
+  unix_listener auth-userdb {{
+    mode = 0600
+  }}
+}}
+service anvil {{
+  chroot =
+}}
+service imap-login {{
+  chroot =
+}}
+service pop3-login {{
+  chroot =
+}}
+"""
+
+
+def dovecot_home(stack):
+    """DIR/dovecot, or a private folder of the system's temporary directory where user mail
+    cannot enter DIR (the mail processes run as mail)."""
+    inside = stack.dir / "dovecot"
+    if subprocess.run(["runuser", "-u", "mail", "--", "test", "-x", stack.dir]).returncode == 0:
+        return inside
+    return Path(tempfile.gettempdir()) / f"mail-dovecot-{stack.digest}"
+
+
+def dovecot_conf(stack):
+    return dovecot_home(stack) / "dovecot.conf"
+
+
+def dovecot_running(stack):
+    conf = dovecot_conf(stack)
+    if not conf.exists():
+        return False
+    pid_file = Path(dovecot_home(stack) / "run" / "master.pid")
+    try:
+        return pid_alive(int(pid_file.read_text().split()[0]))
+    except (OSError, ValueError, IndexError):
+        return False
+
+
+def imap_answers(port):
+    return answers(port, b"", lambda reply: reply.startswith(b"* OK"))
+
+
+def make_dovecot_cert(tls):
+    """A self-signed certificate for localhost and 127.0.0.1: tests trust it by its file."""
+    if (tls / "cert.pem").exists():
+        return
+    tls.mkdir(mode=0o700, parents=True, exist_ok=True)
+    run(["openssl", "req", "-x509", "-newkey", "ec", "-pkeyopt", "ec_paramgen_curve:P-256",
+         "-nodes", "-days", "3650", "-subj", "/CN=localhost",
+         "-addext", "subjectAltName=DNS:localhost,IP:127.0.0.1",
+         "-keyout", tls / "key.pem", "-out", tls / "cert.pem"])
+    (tls / "key.pem").chmod(0o600)
+
+
+def start_dovecot(stack, password):
+    home = dovecot_home(stack)
+    home.mkdir(mode=0o755, parents=True, exist_ok=True)
+    (home / "mail").mkdir(exist_ok=True)
+    shutil.chown(home / "mail", "mail", "mail")
+    make_dovecot_cert(home / "tls")
+    p = stack.ports
+    conf = DOVECOT_CONF.format(run=home / "run", state=home / "state", home=home,
+                               digest=stack.digest, password=password, imap=p["imap"],
+                               imaps=p["imaps"], pop3=p["pop3"], pop3s=p["pop3s"])
+    path = dovecot_conf(stack)
+    path.write_text(conf)
+    path.chmod(0o600)  # it holds the password
+    if dovecot_running(stack):
+        run([DOVECOT, "-c", path, "reload"])  # the password may be new
+    else:
+        # In the foreground of a session of its own, as RabbitMQ (a forking Dovecot keeps
+        # the output pipe of whoever started it open).
+        spawn([DOVECOT, "-F", "-c", path], home / "server.log")
+    if not wait_until(lambda: imap_answers(p["imap"]), TIMEOUT, 0.2):
+        log_tail(home / "dovecot.log")
+        raise StackError(f"Dovecot does not answer on port {p['imap']}")
+
+
+def stop_dovecot(stack):
+    if dovecot_running(stack):
+        run([DOVECOT, "-c", dovecot_conf(stack), "stop"])
+        wait_until(lambda: not dovecot_running(stack), TIMEOUT, 0.2)
+
+
 # --- packages ---
 
 
@@ -434,18 +572,20 @@ def apt_busy():
 
 def ensure_packages():
     # Another apt-get may be installing them right now: wait rather than fight over the lock.
-    if not (rabbit_sbin() and pg_bin()) and apt_busy():
+    if not (rabbit_sbin() and pg_bin() and Path(DOVECOT).exists()) and apt_busy():
         print("stack: waiting for the running apt-get/dpkg to finish ...", flush=True)
         if not wait_until(lambda: not apt_busy(), 1200, 2):
             raise StackError("apt-get/dpkg still running after 20 minutes")
-    wanted = {"rabbitmq-server": rabbit_sbin(), "postgresql": pg_bin()}
+    wanted = {"rabbitmq-server": rabbit_sbin(), "postgresql": pg_bin(),
+              "dovecot-imapd": Path(DOVECOT).exists(),
+              "dovecot-pop3d": Path("/usr/lib/dovecot/pop3").exists()}
     missing = [package for package, found in wanted.items() if not found]
     if missing:
         print(f"stack: installing {' '.join(missing)} with apt-get ...", flush=True)
         env = dict(os.environ, DEBIAN_FRONTEND="noninteractive")
         run(["apt-get", "update"], env=env, timeout=900)
         run(["apt-get", "install", "-y", *missing], env=env, timeout=1800)
-        if not (rabbit_sbin() and pg_bin()):
+        if not (rabbit_sbin() and pg_bin() and Path(DOVECOT).exists()):
             raise StackError(f"{' '.join(missing)} installed, but its programs are not found")
 
 
@@ -478,6 +618,12 @@ def write_env_file(stack, password):
         f"MAIL_POSTGRES_DSN=postgresql://mail:{password}@127.0.0.1:{p['postgres']}/mail\n"
         f"MAIL_RABBITMQ_MANAGEMENT_URL=http://127.0.0.1:{p['management']}/\n"
         f"MAIL_STACK_DIR={stack.dir}\n"
+        f"MAIL_DOVECOT_IMAP_PORT={p['imap']}\n"
+        f"MAIL_DOVECOT_IMAPS_PORT={p['imaps']}\n"
+        f"MAIL_DOVECOT_POP3_PORT={p['pop3']}\n"
+        f"MAIL_DOVECOT_POP3S_PORT={p['pop3s']}\n"
+        f"MAIL_DOVECOT_PASSWORD={password}\n"
+        f"MAIL_DOVECOT_CA_FILE={dovecot_home(stack) / 'tls' / 'cert.pem'}\n"
     )
     path.chmod(0o600)  # it holds the password
 
@@ -501,12 +647,14 @@ def cmd_up(stack, mode):
     held = {"amqp", "management", "dist"} if rabbit_pid(stack) else set()
     held |= {"epmd"} if epmd_pids(stack) else set()
     held |= {"postgres"} if pg_running(stack) else set()
+    held |= {"imap", "imaps", "pop3", "pop3s"} if dovecot_running(stack) else set()
     stack.choose_ports(mode, held)
     try:
         if not rabbit_pid(stack):
             start_rabbit(stack)
         start_postgres(stack)  # while RabbitMQ boots
         setup_pg_database(stack, password)
+        start_dovecot(stack, password)
         wait_rabbit_ready(stack)
         setup_rabbit_users(stack, password)
     except StackError:
@@ -518,6 +666,8 @@ def cmd_up(stack, mode):
     print(f"RabbitMQ    amqp://mail@127.0.0.1:{p['amqp']}/mail")
     print(f"Console     http://127.0.0.1:{p['management']}/  user mail, password in {env_file}")
     print(f"PostgreSQL  postgresql://mail@127.0.0.1:{p['postgres']}/mail")
+    print(f"Dovecot     imap://127.0.0.1:{p['imap']} pop3://127.0.0.1:{p['pop3']}  any user, "
+          "the same password")
 
 
 def cmd_down(stack):
@@ -525,6 +675,7 @@ def cmd_down(stack):
         stop_rabbit(stack)
         stop_epmd(stack)
         stop_postgres(stack)
+        stop_dovecot(stack)
 
 
 def cmd_restart_rabbitmq(stack):
@@ -548,6 +699,8 @@ def cmd_purge(stack):
         outside = Path(stack.pg_home_record.read_text().strip())
         if outside == stack.pg_home_outside:  # only the folder this stack made
             shutil.rmtree(outside, ignore_errors=True)
+    outside = Path(tempfile.gettempdir()) / f"mail-dovecot-{stack.digest}"
+    shutil.rmtree(outside, ignore_errors=True)
     shutil.rmtree(stack.dir, ignore_errors=True)
 
 
@@ -555,8 +708,10 @@ def cmd_status(stack):
     rabbit = bool(stack.ports) and amqp_answers(stack.ports["amqp"])
     postgres = bool(stack.ports and pg_bin()) and pg_answers(stack.ports["postgres"])
     print(f"RabbitMQ    {'answers' if rabbit else 'does not answer'}")
+    dovecot = bool(stack.ports) and imap_answers(stack.ports["imap"])
     print(f"PostgreSQL  {'answers' if postgres else 'does not answer'}")
-    return 0 if rabbit and postgres else 1
+    print(f"Dovecot     {'answers' if dovecot else 'does not answer'}")
+    return 0 if rabbit and postgres and dovecot else 1
 
 
 def main():
