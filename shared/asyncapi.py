@@ -24,6 +24,7 @@ from shared.messages import (
     AccountResumed,
     AccountThrottled,
     AccountUpdated,
+    AccountWarning,
     DeliveryAccepted,
     DeliveryCancel,
     DeliveryCancelled,
@@ -100,6 +101,10 @@ def examples() -> dict[type[BaseModel], BaseModel]:
         AccountThrottled: AccountThrottled(
             **common, account_id=_ACCOUNT, smtp_code=421,
             smtp_message="4.7.0 Too many messages, slow down", interval_ms=2000),
+        AccountWarning: AccountWarning(
+            **common, account_id=_ACCOUNT, reason="policy_bounce", status="5.7.1",
+            diagnostic="550 5.7.1 Service unavailable; client host blocked using a blocklist",
+            remote_mta="mx1.example.com"),
         AccountCreated: AccountCreated(**common, account_id=_ACCOUNT, account=_account()),
         AccountUpdated: AccountUpdated(**common, account_id=_ACCOUNT, account=_account()),
         AccountDeleted: AccountDeleted(**common, account_id=_ACCOUNT, account=_account()),

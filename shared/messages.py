@@ -157,6 +157,13 @@ class AccountPublic(Model):
     quota_per_day: int | None = None
     standby_account_ids: list[str] = Field(default_factory=list)
     allowed_from: list[str] = Field(default_factory=list)
+    bounce_protocol: Literal["imap", "pop3"] | None = None
+    bounce_host: str | None = None
+    bounce_port: int | None = None
+    bounce_tls: Tls = "ssl"
+    bounce_username: str | None = None
+    bounce_address: str | None = None
+    bounce_poll_s: int = 300
     is_default: bool
     paused: bool
     created_by: str
@@ -294,6 +301,19 @@ class AccountThrottled(Event):
     interval_ms: int
 
 
+class AccountWarning(Event):
+    """Addition (issue 15): the provider refused the account or its content, not the address
+    (a policy bounce, X.7.x: a blocklist, the reputation, the content). At most one an hour
+    per account; the recipients are never suppressed for it."""
+
+    type: Literal["account.warning"] = "account.warning"
+    account_id: str
+    reason: Literal["policy_bounce"]
+    status: str | None
+    diagnostic: str
+    remote_mta: str | None
+
+
 class AccountCreated(Event):
     type: Literal["account.created"] = "account.created"
     account_id: str
@@ -315,7 +335,7 @@ class AccountDeleted(Event):
 EVENT_TYPES: tuple[type[Event], ...] = (
     DeliveryAccepted, DeliveryRejected, MailSent, MailDeferred, MailFailed, MailBounced,
     DeliveryCompleted, DeliveryCancelled, AccountPaused, AccountResumed, AccountThrottled,
-    AccountCreated, AccountUpdated, AccountDeleted,
+    AccountWarning, AccountCreated, AccountUpdated, AccountDeleted,
 )
 MESSAGE_TYPES: tuple[type[BaseModel], ...] = (DeliveryRequest, DeliveryCancel, SendJob,
                                               *EVENT_TYPES)

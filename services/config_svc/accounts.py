@@ -37,8 +37,8 @@ log = structlog.get_logger(__name__)
 # Fields that may not be set to null by a PATCH (they have no "empty" meaning).
 _NOT_NULL = ("name", "personal", "from_address", "smtp_host", "smtp_port", "smtp_auth",
              "pop_before_smtp", "tls", "send_interval_ms", "is_default", "standby_account_ids",
-             "allowed_from")
-_PASSWORDS = {"smtp_password": "smtp_password_enc", "pop_password": "pop_password_enc"}
+             "allowed_from", "bounce_tls", "bounce_poll_s")
+_PASSWORDS = repository.SECRETS
 
 
 class AccountError(Exception):
@@ -90,7 +90,8 @@ def _out(row: Any, warnings: list[str] | None = None) -> AccountOut:
     public = repository.to_public(row)
     return AccountOut(
         **public.model_dump(), smtp_password_set=row["smtp_password_enc"] is not None,
-        pop_password_set=row["pop_password_enc"] is not None, warnings=warnings or [],
+        pop_password_set=row["pop_password_enc"] is not None,
+        bounce_password_set=row["bounce_password_enc"] is not None, warnings=warnings or [],
     )
 
 
@@ -141,6 +142,7 @@ class AccountService:
             **plain,
             "smtp_password_set": fields.smtp_password is not None,
             "pop_password_set": fields.pop_password is not None,
+            "bounce_password_set": fields.bounce_password is not None,
         })
         if errors:
             raise Invalid(errors)
@@ -210,6 +212,7 @@ class AccountService:
             **merged,
             "smtp_password_set": merged["smtp_password_enc"] is not None,
             "pop_password_set": merged["pop_password_enc"] is not None,
+            "bounce_password_set": merged["bounce_password_enc"] is not None,
         })
         if errors:
             raise Invalid(errors)
@@ -330,6 +333,7 @@ class AccountService:
             **fields.model_dump(exclude=set(_PASSWORDS)),
             "smtp_password_set": fields.smtp_password is not None,
             "pop_password_set": fields.pop_password is not None,
+            "bounce_password_set": fields.bounce_password is not None,
         })
         if errors:
             raise Invalid(errors)

@@ -25,13 +25,10 @@ async def rotate_keys(settings: ConfigSettings) -> int:
             rows = await repository.all_with_secrets(db)
             for row in rows:
                 account_id = str(row["id"])
-                smtp, pop = row["smtp_password_enc"], row["pop_password_enc"]
-                await repository.set_secrets(
-                    db, row["id"],
-                    box.rotate(smtp, account_id=account_id, field="smtp_password") if smtp
-                    else None,
-                    box.rotate(pop, account_id=account_id, field="pop_password") if pop else None,
-                )
+                await repository.set_secrets(db, row["id"], {
+                    column: box.rotate(row[column], account_id=account_id, field=field)
+                    if row[column] else None
+                    for field, column in repository.SECRETS.items()})
         log.info("keys rotated", accounts=len(rows))
         return len(rows)
     finally:

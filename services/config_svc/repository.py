@@ -13,7 +13,9 @@ WRITABLE = (
     "smtp_port", "smtp_auth", "smtp_username", "smtp_password_enc", "pop_before_smtp",
     "pop_host", "pop_port", "pop_username", "pop_password_enc", "tls", "local_hostname",
     "send_interval_ms", "quota_per_minute", "quota_per_hour", "quota_per_day",
-    "standby_account_ids", "allowed_from", "is_default",
+    "standby_account_ids", "allowed_from", "bounce_protocol", "bounce_host", "bounce_port",
+    "bounce_tls", "bounce_username", "bounce_password_enc", "bounce_address", "bounce_poll_s",
+    "is_default",
 )
 _LIVE = "deleted_at IS NULL"
 
@@ -138,19 +140,25 @@ async def runtime_states(db: asyncpg.Pool, ids: Sequence[str]) -> dict[str, asyn
     return {str(row["account_id"]): row for row in rows}
 
 
+# The encrypted columns, by the field each one holds.
+SECRETS = {"smtp_password": "smtp_password_enc", "pop_password": "pop_password_enc",
+           "bounce_password": "bounce_password_enc"}
+
+
 async def all_with_secrets(db: asyncpg.Connection) -> list[asyncpg.Record]:
+    columns = list(SECRETS.values())
     return await db.fetch(
-        "SELECT id, smtp_password_enc, pop_password_enc FROM accounts "
-        "WHERE smtp_password_enc IS NOT NULL OR pop_password_enc IS NOT NULL FOR UPDATE"
-    )
+        f"SELECT id, {', '.join(columns)} FROM accounts "
+        f"WHERE {' OR '.join(f'{c} IS NOT NULL' for c in columns)} FOR UPDATE")
 
 
-async def set_secrets(db: asyncpg.Connection, account_id: Any, smtp: str | None,
-                      pop: str | None) -> None:
-    await db.execute(
-        "UPDATE accounts SET smtp_password_enc = $2, pop_password_enc = $3 WHERE id = $1",
-        account_id, smtp, pop,
-    )
+async def set_secrets(db: asyncpg.Connection, account_id: Any,
+                      secrets: Mapping[str, str | None]) -> None:
+    """`secrets`: encrypted column -> its new value."""
+    columns = list(secrets)
+    assignments = ", ".join(f"{c} = ${i}" for i, c in enumerate(columns, start=2))
+    await db.execute(f"UPDATE accounts SET {assignments} WHERE id = $1",
+                     account_id, *secrets.values())
 
 
 async def add_event(db: asyncpg.Connection, event: Event) -> None:

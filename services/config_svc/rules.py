@@ -31,6 +31,18 @@ def check_account(account: Mapping[str, Any]) -> tuple[list[FieldError], list[st
                 errors.append(FieldError(field, "required when pop_before_smtp is true"))
         if not account.get("pop_password_set"):
             errors.append(FieldError("pop_password", "required when pop_before_smtp is true"))
+    if account.get("bounce_protocol"):
+        for field in ("bounce_host", "bounce_username"):
+            if not account.get(field):
+                errors.append(FieldError(field, "required when bounce_protocol is set"))
+        if not account.get("bounce_password_set"):
+            errors.append(FieldError("bounce_password", "required when bounce_protocol is set"))
+        if account.get("bounce_tls") == "none":
+            warnings.append("bounce_tls is none: the bounce mailbox's login and password will "
+                            "cross the network unencrypted")
+    if "+" in (account.get("bounce_address") or "").partition("@")[0]:
+        # Each mail's envelope sender is local+<token>@domain: a second + is ambiguous.
+        errors.append(FieldError("bounce_address", "the local part may not hold a '+'"))
     if account["personal"] and account["is_default"]:
         errors.append(FieldError(
             "is_default", "a personal account cannot be the system default account"))

@@ -35,6 +35,8 @@ AccountRef = Annotated[str, Field(pattern=r"^[0-9a-f]{8}-[0-9a-f]{4}-[0-9a-f]{4}
 AllowedFrom = Annotated[str, Field(min_length=3, max_length=254,
                                    pattern=r"^(?:[^@\s,<>]+)?@[^@\s,<>]+\.[^@\s,<>]+$")]
 Standbys = Annotated[list[AccountRef], Field(max_length=5)]
+BounceProtocol = Literal["imap", "pop3"]
+PollSeconds = Annotated[int, Field(ge=10, le=86_400)]
 AllowedFroms = Annotated[list[AllowedFrom], Field(max_length=50)]
 
 
@@ -71,6 +73,16 @@ class AccountFields(Strict):
     # connect); the From addresses or @domains this account may send as when it stands in.
     standby_account_ids: Standbys = Field(default_factory=list)
     allowed_from: AllowedFroms = Field(default_factory=list)
+    # Contract §6: the bounce mailbox the sender reads (IMAP or POP3, its own login), and
+    # the VERP base address of the envelope sender.
+    bounce_protocol: BounceProtocol | None = None
+    bounce_host: Host | None = None
+    bounce_port: Port | None = None
+    bounce_tls: Tls = "ssl"
+    bounce_username: Text | None = None
+    bounce_password: Password | None = None
+    bounce_address: Address | None = None
+    bounce_poll_s: PollSeconds = 300
     is_default: bool = False
 
 
@@ -100,6 +112,14 @@ class AccountPatch(Strict):
     quota_per_day: Quota | None = None
     standby_account_ids: Standbys | None = None
     allowed_from: AllowedFroms | None = None
+    bounce_protocol: BounceProtocol | None = None
+    bounce_host: Host | None = None
+    bounce_port: Port | None = None
+    bounce_tls: Tls | None = None
+    bounce_username: Text | None = None
+    bounce_password: Password | None = None
+    bounce_address: Address | None = None
+    bounce_poll_s: PollSeconds | None = None
     is_default: bool | None = None
 
 
@@ -114,6 +134,7 @@ class UnsavedTestMail(AccountFields):
 class AccountOut(AccountPublic):
     smtp_password_set: bool
     pop_password_set: bool
+    bounce_password_set: bool = False
     warnings: list[str] = Field(default_factory=list)
     # Per window with a quota (GET only): the messages the servers accepted in it now.
     quota_used: dict[str, int] | None = None

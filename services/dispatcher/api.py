@@ -32,7 +32,7 @@ class SuppressionIn(BaseModel):
     model_config = ConfigDict(extra="forbid")
 
     email: Annotated[str, StringConstraints(min_length=3, max_length=320)]
-    reason: Literal["hard", "soft", "complaint", "manual"] = "manual"
+    reason: repository.SuppressionReason = "manual"
     detail: Annotated[str, StringConstraints(max_length=1000)] | None = None
 
 

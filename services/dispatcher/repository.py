@@ -2,7 +2,7 @@
 
 from collections.abc import AsyncIterator, Sequence
 from contextlib import asynccontextmanager
-from typing import Any
+from typing import Any, Literal, get_args
 
 import asyncpg
 
@@ -74,6 +74,10 @@ async def store(db: asyncpg.Connection, prepared: PreparedDelivery, sha256: byte
             ),
         )
     return count
+
+
+SuppressionReason = Literal["hard", "soft", "complaint", "manual"]
+SUPPRESSION_REASONS: tuple[str, ...] = get_args(SuppressionReason)
 
 
 async def suppressed_among(db: asyncpg.Connection, emails: Sequence[str]) -> set[str]:

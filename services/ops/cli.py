@@ -7,6 +7,9 @@
     dead show N|MESSAGE_ID [--json]        one of them in full (N: its position in the list)
     dead replay (--all | --message-id ID ... | --reason R ...) [--dry-run] [--json]
     rotate-keys                            as `python -m services.config_svc rotate-keys`
+    suppressions [--q TEXT] [--limit N] [--json]   the suppression list, newest first
+    suppress EMAIL [--reason R] [--detail TEXT] [--by NAME]   as POST /v1/suppressions
+    unsuppress EMAIL                       as DELETE /v1/suppressions/{email}
 
 Settings from the environment, as the services (MAIL_AMQP_URL, MAIL_POSTGRES_DSN,
 MAIL_FERNET_KEYS, MAIL_LOG_LEVEL, MAIL_LOG_FORMAT); results on stdout, logs on stderr.
@@ -29,9 +32,11 @@ import orjson
 from aio_pika.abc import AbstractConnection
 from pydantic import Field, SecretStr
 
+from services.dispatcher import repository as dispatcher_repository
 from services.ops import accounts as ops_accounts
 from services.ops import dead as ops_dead
 from services.ops.accounts import OpsError
+from shared.addresses import check_address
 from shared.crypto import UndecryptableSecret, parse_keys
 from shared.db import create_pool
 from shared.logging import configure_logging, register_secret
@@ -108,6 +113,23 @@ def build_parser() -> argparse.ArgumentParser:
     commands.add_parser("rotate-keys", parents=[output],
                         help="re-encrypt every stored password with the first key of "
                              "MAIL_FERNET_KEYS")
+
+    listed = commands.add_parser("suppressions", parents=[output],
+                                 help="the addresses not sent to any more, newest first")
+    listed.add_argument("--q", default=None, metavar="TEXT", help="a part of the address")
+    listed.add_argument("--limit", type=int, default=50, metavar="N")
+    listed.add_argument("--offset", type=int, default=0, metavar="N")
+    add = commands.add_parser("suppress", parents=[output],
+                              help="put an address on the suppression list")
+    add.add_argument("email", metavar="EMAIL")
+    add.add_argument("--reason", default="manual",
+                     choices=dispatcher_repository.SUPPRESSION_REASONS)
+    add.add_argument("--detail", default=None, metavar="TEXT")
+    add.add_argument("--by", default=_login(), metavar="NAME",
+                     help="recorded as the source cli:NAME (default: the login name)")
+    remove = commands.add_parser("unsuppress", parents=[output],
+                                 help="take an address off the suppression list")
+    remove.add_argument("email", metavar="EMAIL")
     return parser
 
 
@@ -310,6 +332,41 @@ async def _rotate_keys(args: argparse.Namespace, settings: OpsSettings, out: Tex
     return 0
 
 
+async def _suppressions(args: argparse.Namespace, settings: OpsSettings, out: TextIO) -> int:
+    async with _pool(settings) as pool:
+        if args.command == "suppressions":
+            rows, total = await dispatcher_repository.list_suppressions(
+                pool, args.q, args.limit, args.offset)
+            found = [dict(row) for row in rows]
+            if args.json:
+                _json({"items": found, "total": total}, out)
+            else:
+                table(["EMAIL", "REASON", "SOURCE", "SINCE", "DETAIL"],
+                      [[r["email"], r["reason"], r["source"], _when(r["created_at"]),
+                        r["detail"]] for r in found], [60, 10, 30, 20, 80], out)
+                out.write(f"{len(found)} of {total}\n")
+            return 0
+        if args.command == "suppress":
+            try:
+                email = check_address(args.email)
+            except ValueError as error:
+                raise OpsError(f"{args.email}: {error}") from None
+            row = dict(await dispatcher_repository.suppress(
+                pool, email, args.reason, f"cli:{args.by}", args.detail))
+            if args.json:
+                _json(row, out)
+            else:
+                out.write(f"{row['email']} suppressed ({row['reason']}, {row['source']})\n")
+            return 0
+        if not await dispatcher_repository.unsuppress(pool, args.email):
+            raise OpsError(f"{args.email} is not on the suppression list")
+        if args.json:
+            _json({"email": args.email, "removed": True}, out)
+        else:
+            out.write(f"{args.email} taken off the suppression list\n")
+        return 0
+
+
 @contextlib.asynccontextmanager
 async def _pool(settings: OpsSettings) -> AsyncIterator[asyncpg.Pool]:
     pool = await create_pool(settings.postgres_dsn.get_secret_value(), max_size=2)
@@ -343,6 +400,8 @@ async def run(args: argparse.Namespace, settings: OpsSettings, out: TextIO | Non
             return await _pause(args, settings, topology, out)
         if args.command == "dead":
             return await _dead(args, settings, topology, out)
+        if args.command in ("suppressions", "suppress", "unsuppress"):
+            return await _suppressions(args, settings, out)
         return await _rotate_keys(args, settings, out)
     except OpsError as error:
         print(f"error: {error}", file=sys.stderr)

@@ -79,6 +79,7 @@ class DeliveryContent:
     text: str | None
     html: str | None
     headers: Mapping[str, str]
+    ref: int = 0  # the delivery's short number, for a VERP envelope sender (verp.py)
 
 
 @dataclass(frozen=True)
@@ -98,6 +99,7 @@ class Composer:
     def __init__(self, content: DeliveryContent) -> None:
         if content.text is None and content.html is None:
             raise ValueError("a mail needs a text or an html body")
+        self.delivery_ref = content.ref
         from_address, from_utf8 = _wire_address(content.from_address)
         self._smtputf8 = from_utf8
         head = [_mailbox("From", content.from_name, from_address)]

@@ -15,11 +15,16 @@ from dataclasses import dataclass, field
 from email.message import EmailMessage, Message
 from typing import Literal
 
+from flufl.bounce import all_failures
+
 from services.sender.bounce_kind import Kind, classify, status_of
 
 ReportKind = Literal["dsn", "complaint", "plain", "autoreply", "unknown"]
 
 _MESSAGE_ID = re.compile(r"^\s*Message-ID:\s*(<[^>\s]+>)", re.IGNORECASE | re.MULTILINE)
+# The returned original's envelope sender: a VERP address, when the bounce's own recipient
+# headers lost it.
+_RETURN_PATH = re.compile(r"^\s*Return-Path:\s*<([^<>\s]+@[^<>\s]+)>", re.IGNORECASE | re.MULTILINE)
 _ADDRESS = re.compile(r"[\w.!#$%&'*+/=?^`{|}~-]+@[\w-]+(\.[\w-]+)+")
 _PLAIN_MARKERS = re.compile(
     r"This is the qmail-send program|I'm afraid I wasn't able to deliver|"
@@ -65,11 +70,14 @@ def parse(raw: bytes) -> Report:
     # An MTA's bounce may say Auto-Submitted too (Exim's do): the daemon's sender first.
     from_daemon = bool(_DAEMON.search(str(message.get("From", ""))))
     if from_daemon or _PLAIN_MARKERS.search(str(message.get("Subject", ""))):
-        return _plain(text, to)
+        return _plain(message, text, to)
     if _is_autoreply(message):
         return Report("autoreply", to=to)
     if _PLAIN_MARKERS.search(text):
-        return _plain(text, to)
+        return _plain(message, text, to)
+    found = _detected(message, text)  # a format only the detector library knows
+    if found:
+        return Report("plain", found, _returned_message_id(text), to + _returned_senders(text))
     return Report("unknown", to=to)
 
 
@@ -94,6 +102,7 @@ def _dsn(message: EmailMessage, to: list[str]) -> Report:
         elif kind in ("message/rfc822", "text/rfc822-headers", "message/rfc822-headers",
                       "message/global", "message/global-headers"):
             message_id = message_id or _original_message_id(part)
+            to = to + _returned_senders(_payload_text(part))
     return Report("dsn", recipients, message_id, to)
 
 
@@ -107,6 +116,7 @@ def _complaint(message: EmailMessage, to: list[str]) -> Report:
             recipient = _first_address(fields.get("original-rcpt-to", ""))
         elif kind in ("message/rfc822", "text/rfc822-headers"):
             message_id = message_id or _original_message_id(part)
+            to = to + _returned_senders(_payload_text(part))
             if recipient is None:
                 original = _original(part)
                 if original is not None:
@@ -116,9 +126,10 @@ def _complaint(message: EmailMessage, to: list[str]) -> Report:
     return Report("complaint", recipients, message_id, to)
 
 
-def _plain(text: str, to: list[str]) -> Report:
+def _plain(message: EmailMessage, text: str, to: list[str]) -> Report:
     """qmail's `<address>:` blocks, Exim's indented addresses, Exchange's lists: each
-    address with the lines that follow it as its diagnostic."""
+    address with the lines that follow it as its diagnostic; failing those, the addresses
+    the detector library (flufl.bounce) finds."""
     recipients: list[BouncedRecipient] = []
     seen: set[str] = set()
     original_at = re.search(r"^-+ ?(Below this line is a copy|This is a copy|Original message"
@@ -142,8 +153,48 @@ def _plain(text: str, to: list[str]) -> Report:
         status = status_of(diagnostic)
         recipients.append(BouncedRecipient(address, classify(status, diagnostic), status,
                                            diagnostic, None))
-    found_id = _MESSAGE_ID.search(text[original_at.start():] if original_at else text)
-    return Report("plain", recipients, found_id.group(1) if found_id else None, to)
+    if not recipients:
+        recipients = _detected(message, text)
+    returned = text[original_at.start():] if original_at else text
+    return Report("plain", recipients, _returned_message_id(returned),
+                  to + _returned_senders(returned))
+
+
+def _detected(message: EmailMessage, text: str) -> list[BouncedRecipient]:
+    """The addresses flufl.bounce's detectors find, each with the line of the text that
+    names it as its diagnostic. Its permanent failures are classified by that line like any
+    other (unknown words stay soft: suppressed only after repeats, never at once)."""
+    try:
+        temporary, permanent = all_failures(message)
+    except Exception:  # a detector tripping on a strange message is no bounce found
+        return []
+    found = []
+    for addresses, permanent_failure in ((permanent, True), (temporary, False)):
+        for raw in sorted(addresses):
+            address = raw.decode("utf-8", "replace") if isinstance(raw, bytes) else str(raw)
+            diagnostic = _line_naming(text, address)
+            status = status_of(diagnostic)
+            kind = classify(status, diagnostic) if permanent_failure else "soft"
+            found.append(BouncedRecipient(address, kind, status, diagnostic, None,
+                                          None if permanent_failure else "delayed"))
+    return found
+
+
+def _line_naming(text: str, address: str) -> str:
+    lines = text.splitlines()
+    for index, line in enumerate(lines):
+        if address.lower() in line.lower():
+            return " ".join(part.strip() for part in lines[index:index + 2] if part.strip())
+    return ""
+
+
+def _returned_message_id(text: str) -> str | None:
+    found = _MESSAGE_ID.search(text)
+    return found.group(1) if found else None
+
+
+def _returned_senders(text: str) -> list[str]:
+    return _RETURN_PATH.findall(text)
 
 
 # -- pieces ---------------------------------------------------------------------------------

@@ -1,17 +1,21 @@
 """The sender's composition root: settings, connections, supervisor, probes."""
 
 import asyncio
+import contextlib
 import gc
 from datetime import timedelta
 from pathlib import Path
 
 import structlog
 
+from services.sender.bounce_reader import BounceReaders, MailboxPoller
+from services.sender.bounces import BounceIntake
 from services.sender.parts import Composers, SenderParts
 from services.sender.recorder import DatabaseHealth
 from services.sender.settings import SenderSettings
 from services.sender.supervisor import Supervisor
 from services.sender.sweep import sweep_forever
+from services.sender.verp import Verp
 from shared.crypto import SecretBox
 from shared.db import create_stateless_pool
 from shared.http import Health, HttpServer, health_app
@@ -44,12 +48,20 @@ async def serve(settings: SenderSettings) -> None:
                             table="sender_outbox", poll_s=settings.outbox_poll_s,
                             linger_s=settings.outbox_linger_ms / 1000)
         database = DatabaseHealth()
+        verp = Verp(settings.encryption_keys())
         supervisor = Supervisor(connection, SenderParts(
             pool=pool, settings=settings, box=box,
             ssl_context=client_ssl_context(settings.smtp_ca_file), topology=topology,
             events=EventPublisher(publishing, topology), publish_channel=publishing,
-            composers=Composers(pool), wake_events=relay.wake, database=database),
+            composers=Composers(pool), wake_events=relay.wake, database=database,
+            verp=verp),
             amqp_url=settings.amqp_url.get_secret_value())
+        readers = BounceReaders(pool, box, MailboxPoller(
+            pool, BounceIntake(pool, verp, soft_limit=settings.bounce_soft_limit,
+                               soft_window=timedelta(days=settings.bounce_soft_window_days)),
+            client_ssl_context(settings.smtp_ca_file), settings.replica_id,
+            timeout_s=settings.bounce_timeout_s, lease_ttl_s=settings.bounce_lease_ttl_s,
+            batch=settings.bounce_batch), settings.reconcile_s)
         health = Health()
         health.add_check("broker", lambda: not connection.is_closed)
         # Refused while the sender's writes fail (jobs wait in hand for the database).
@@ -60,6 +72,7 @@ async def serve(settings: SenderSettings) -> None:
         server = HttpServer(health_app(health), settings.http_host, settings.http_port)
         stop = stop_on_signals()
         relay_task = asyncio.create_task(relay.run(), name="outbox")
+        bounces = asyncio.create_task(readers.run(), name="bounce mailboxes")
         sweep = asyncio.create_task(sweep_forever(
             pool, settings.sweep_s, timedelta(seconds=settings.sweep_grace_s), relay.wake),
             name="sweep")
@@ -76,6 +89,9 @@ async def serve(settings: SenderSettings) -> None:
                  accounts=len(supervisor.workers))
         await stop.wait()
         sweep.cancel()
+        bounces.cancel()
+        with contextlib.suppress(asyncio.CancelledError):
+            await bounces  # a pass in hand ends with its transaction, or rolls back
         await supervisor.stop(settings.shutdown_grace_s)
         relay.stop()
         await relay_task

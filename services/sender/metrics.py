@@ -53,3 +53,6 @@ BOUNCES_UNMATCHED = Counter("mail_sender_bounces_unmatched_total",
 POLICY_BOUNCES = Counter("mail_sender_policy_bounces_total",
                          "Policy bounces (blocklists, reputation, authentication), by account.",
                          ["account_id"])
+BOUNCE_READS = Counter("mail_sender_bounce_mailbox_reads_total",
+                       "Passes over the bounce mailboxes, by result (ok, login, error).",
+                       ["result"])

@@ -13,6 +13,7 @@ from services.sender import ledger
 from services.sender.compose import Composer
 from services.sender.recorder import DatabaseHealth
 from services.sender.settings import SenderSettings
+from services.sender.verp import Verp
 from shared.crypto import SecretBox
 from shared.topology import EventPublisher, Topology
 
@@ -51,3 +52,4 @@ class SenderParts:
     composers: Composers
     wake_events: Callable[[], None]  # the outbox relay's: events were committed
     database: DatabaseHealth
+    verp: Verp  # envelope senders of accounts with a bounce_address

@@ -21,7 +21,7 @@ class SenderSettings(ServiceSettings):
         SecretStr(""), description="Comma-separated Fernet keys, newest first."
     )
     smtp_ca_file: str | None = Field(
-        None, description="Extra CA certificates (PEM) trusted for SMTP and POP TLS."
+        None, description="Extra CA certificates (PEM) trusted for SMTP, POP and IMAP TLS."
     )
     replica_id: str = Field(
         default_factory=_default_replica_id, description="This sender's name among replicas."
@@ -88,6 +88,23 @@ class SenderSettings(ServiceSettings):
     )
     consumers_per_channel: int = Field(
         100, ge=1, le=1000, description="Account consumers sharing one AMQP channel."
+    )
+
+    bounce_soft_limit: int = Field(
+        3, ge=1, description="Soft bounces of an address within the window that suppress it."
+    )
+    bounce_soft_window_days: float = Field(
+        30.0, gt=0, description="The window of the soft bounces counted, in days."
+    )
+    bounce_timeout_s: float = Field(
+        30.0, gt=0, description="Timeout of each network step with a bounce mailbox."
+    )
+    bounce_batch: int = Field(
+        500, ge=1, description="Messages a bounce mailbox's reader reads before it yields "
+        "the lease; a fuller mailbox is read on in the next pass at once."
+    )
+    bounce_lease_ttl_s: float = Field(
+        120.0, gt=0, description="How long a bounce mailbox's lease outlives a dead reader."
     )
 
     def encryption_keys(self) -> list[str]:

@@ -30,7 +30,7 @@ from pydantic import ValidationError
 
 from services.sender import ledger, metrics
 from services.sender.classify import Verdict, classify, decayed_interval_ms
-from services.sender.compose import account_address_problem, envelope_address
+from services.sender.compose import Composer, account_address_problem, envelope_address
 from services.sender.outcome import Defer, PauseAccount, Settle, after_failure
 from services.sender.pacer import Pacer, QuotaReached
 from services.sender.parts import SenderParts
@@ -464,7 +464,7 @@ class AccountWorker:
         try:
             with self.pacer.guard():
                 code, text = await session.send(
-                    envelope_address(self.account["from_address"]), envelope_address(job.email),
+                    self._envelope_sender(composer, job), envelope_address(job.email),
                     mail.data, before_data=still_to_send)
         except Withdrawn:
             await self._recorder.mark_end()
@@ -497,6 +497,16 @@ class AccountWorker:
                            touched_server=True)
         await self._after_success(accepted_at)
         return Ack()
+
+    def _envelope_sender(self, composer: Composer, job: SendJob) -> str:
+        """The account's address, or with a bounce_address its VERP form for this recipient:
+        its bounces come back to an address that names it (the sending account's, also as a
+        standby: its server takes the envelope, its mailbox gets the bounces)."""
+        base = self.account["bounce_address"]
+        if base and self._parts.verp.enabled:
+            return envelope_address(self._parts.verp.address(base, composer.delivery_ref,
+                                                             job.index))
+        return envelope_address(self.account["from_address"])
 
     async def _already_done(self, job: SendJob, row: Any) -> Disposition:
         """An unknown job goes to the dead letters; a copy of a job already done (a redelivery

@@ -15,6 +15,7 @@ from services.sender.parts import Composers, SenderParts
 from services.sender.recorder import DatabaseHealth
 from services.sender.settings import SenderSettings
 from services.sender.supervisor import Supervisor
+from services.sender.verp import Verp
 from shared.crypto import SecretBox
 from shared.db import migrate
 from shared.messages import AccountUpdated
@@ -27,8 +28,9 @@ from tests.integration.dispatcher_fixtures import Dispatcher
 
 async def configure_account(pool: asyncpg.Pool, account_id: str, **fields: Any) -> None:
     """Changes the account as config_svc would (the sender only reads the table)."""
-    if "smtp_password" in fields:
-        fields["smtp_password_enc"] = SecretBox([KEY]).encrypt(fields.pop("smtp_password"))
+    for secret in ("smtp_password", "bounce_password"):
+        if secret in fields:
+            fields[f"{secret}_enc"] = SecretBox([KEY]).encrypt(fields.pop(secret))
     sets = ", ".join(f"{name} = ${i}" for i, name in enumerate(fields, start=2))
     await pool.execute(f"UPDATE accounts SET {sets}, updated_at = now() WHERE id = $1",
                        account_id, *fields.values())
@@ -144,7 +146,8 @@ async def start_sender(dispatcher: Dispatcher, amqp: AbstractRobustConnection,
             ssl_context=client_ssl_context(settings.smtp_ca_file), topology=dispatcher.topology,
             events=EventPublisher(dispatcher.channel, dispatcher.topology),
             publish_channel=dispatcher.channel, composers=Composers(dispatcher.pool),
-            wake_events=relay.wake, database=DatabaseHealth()), amqp_url=amqp_url)
+            wake_events=relay.wake, database=DatabaseHealth(), verp=Verp([KEY])),
+            amqp_url=amqp_url)
         relay_task = asyncio.create_task(relay.run())
         await supervisor.start()
         stack = SenderStack(dispatcher, supervisor, settings, events, [], relay, relay_task)

@@ -6,6 +6,8 @@ import uuid
 from typing import Any
 
 from services.sender.bounces import BounceIntake
+from services.sender.verp import Verp
+from tests.integration.accounts_fixtures import KEY
 from tests.integration.dispatcher_fixtures import request_body
 from tests.integration.sender_fixtures import SenderStack, sender_on
 from tests.integration.test_sender import ledger_states, recipients
@@ -40,7 +42,7 @@ async def three_sent(start_sender: Any, server: SmtpTestServer
     await stack.dispatcher.publish_request(body)
     await stack.completed(body["delivery_id"])
     addresses = [f"{prefix}{i}@example.com" for i in range(3)]
-    return stack, body, BounceIntake(stack.dispatcher.pool), addresses
+    return stack, body, BounceIntake(stack.dispatcher.pool, Verp([KEY])), addresses
 
 
 async def suppressed(stack: SenderStack, address: str) -> Any:
@@ -112,7 +114,7 @@ async def test_an_unmatched_bounce_is_kept_and_an_auto_reply_ignored(
 ) -> None:
     async with smtp_server() as server:
         stack = await sender_on(start_sender, server)
-        intake = BounceIntake(stack.dispatcher.pool)
+        intake = BounceIntake(stack.dispatcher.pool, Verp([KEY]))
         stranger = bounce_corpus.POSTFIX_UNKNOWN.replace(
             bounce_corpus.ORIGINAL_ID.encode(), b"<never-sent-by-us@elsewhere.example>")
         handled = await intake.handle(stranger, stack.account_id)

@@ -368,3 +368,26 @@ async def test_reading_mail_dead_holds_only_a_preview_of_a_big_body_yet_replays_
     assert [o["action"] for o in done["outcomes"]] == ["replayed"]
     [arrived] = await receive(watch)
     assert arrived.body == big
+
+
+async def test_the_suppression_list_is_listed_added_to_and_taken_from(
+    sender_schema: None, pool: asyncpg.Pool,
+) -> None:
+    address = f"Ops-{uuid.uuid4().hex[:8]}@example.com"
+    added = await cli_json("suppress", address, "--reason", "complaint", "--detail",
+                           "called the shop", "--by", "tanaka")
+    assert (added["email"], added["reason"], added["source"], added["detail"]) == (
+        address, "complaint", "cli:tanaka", "called the shop")
+    assert await pool.fetchval("SELECT count(*) FROM suppressions WHERE email_key = $1",
+                               address.lower()) == 1
+
+    listed = await cli_json("suppressions", "--q", address.lower()[:12])
+    assert listed["total"] == 1 and listed["items"][0]["email"] == address
+    code, out = await cli("suppressions", "--q", address[:12])
+    assert code == 0 and address in out and "1 of 1" in out
+
+    assert (await cli("suppress", "not an address"))[0] == 1
+    removed = await cli_json("unsuppress", address.upper())  # any case
+    assert removed["removed"] is True
+    assert (await cli("unsuppress", address))[0] == 1  # not there any more
+    assert (await cli_json("suppressions", "--q", address.lower()[:12]))["total"] == 0

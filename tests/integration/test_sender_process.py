@@ -10,8 +10,9 @@ to see every recipient settled there.
 import asyncio
 import os
 import time
+import uuid
 from collections import Counter
-from collections.abc import AsyncIterator
+from collections.abc import AsyncIterator, Awaitable, Callable
 from contextlib import asynccontextmanager
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -30,6 +31,8 @@ from tests.conftest import eventually
 from tests.integration.accounts_fixtures import KEY
 from tests.integration.dispatcher_fixtures import insert_account, migrate_all, request_body
 from tests.integration.sender_fixtures import configure_account
+from tests.integration.test_bounces import returned
+from tests.support.dovecot import HOST, Dovecot
 from tests.support.processes import ServiceProcess
 from tests.support.smtp_servers import (
     SmtpTestServer,
@@ -77,14 +80,15 @@ class Harness:
         owner = rendezvous_owner(account_id, [self.replica_id(r) for r in replicas])
         return sorted(replicas, key=lambda r: self.replica_id(r) != owner)
 
-    def sender(self, replica: str, log_level: str = LOG_LEVEL) -> ServiceProcess:
+    def sender(self, replica: str, log_level: str = LOG_LEVEL,
+               env: dict[str, str] | None = None) -> ServiceProcess:
         replica_id = self.replica_id(replica)
         self.replicas.append(replica_id)
         return self._service(f"sender-{replica}", "services.sender", {
             "MAIL_FERNET_KEYS": KEY, "MAIL_REPLICA_ID": replica_id,
             "MAIL_RETRY_DELAYS_S": "1,2", "MAIL_LEASE_TTL_S": str(LEASE_TTL_S),
             "MAIL_RECONCILE_S": "2", "MAIL_SHUTDOWN_GRACE_S": str(GRACE_S),
-            "MAIL_SMTP_TIMEOUT_S": "20", "MAIL_LOG_LEVEL": log_level})
+            "MAIL_SMTP_TIMEOUT_S": "20", "MAIL_LOG_LEVEL": log_level, **(env or {})})
 
     def logs(self) -> str:
         return "\n".join(f"--- {p.name} ---\n{p.log_tail()}" for p in self.processes)
@@ -463,3 +467,72 @@ async def test_sigterm_finishes_the_mail_in_hand_exits_0_and_leaves_the_rest_que
     assert rcpt_counts(server) == Counter(emails)
     rows = await harness.ledger_rows(delivery_id)
     assert [(r["state"], r["attempts"]) for r in rows] == [("sent", 1)] * total
+
+
+async def test_a_reader_killed_mid_mailbox_reads_nothing_twice_and_loses_nothing(
+    harness: Harness,
+) -> None:
+    """The bounce mailbox's reader of a sender process SIGKILLed mid-mailbox (issue 15)."""
+    total = 300
+    dovecot = Dovecot.from_env()
+    env = {"MAIL_SMTP_CA_FILE": dovecot.ca_file, "MAIL_BOUNCE_BATCH": "50",
+           "MAIL_BOUNCE_LEASE_TTL_S": "5"}  # the dead reader's lease frees within 5 s
+    async with smtp_server() as server:
+        account_id = await harness.account(server, 0)
+        first = harness.sender("first", env=env)
+        await asyncio.gather(harness.dispatcher().start(), first.start())
+        delivery_id, emails = await harness.publish_delivery(
+            account_id, total, prefix=f"k{uuid.uuid4().hex[:8]}-")
+        await harness.wait_all_sent(delivery_id, total, timeout=60)
+        user = dovecot.new_user()
+        await dovecot.deliver(user, *(returned(server, e, status="5.1.1",
+                                               diagnostic="550 5.1.1 User unknown")
+                                      for e in emails))
+        await configure_account(
+            harness.pool, account_id, bounce_protocol="imap", bounce_host=HOST,
+            bounce_port=dovecot.imap, bounce_tls="starttls", bounce_username=user,
+            bounce_password=dovecot.password, bounce_poll_s=10)
+
+        async def bounced() -> int:
+            return await harness.pool.fetchval(
+                "SELECT bounced FROM deliveries WHERE delivery_id = $1", delivery_id)
+
+        # Killed in the middle of the mailbox: some bounces committed, most not.
+        await eventually(lambda: _at_least(bounced, 40), timeout=60)
+        await first.kill()
+        at_kill = await bounced()
+        assert at_kill < total, "the reader finished before the kill: nothing was tested"
+
+        await harness.sender("restarted", env=env).start()
+
+        async def all_done() -> bool:
+            return await bounced() == total and await dovecot.count(user) == 0
+
+        try:
+            await eventually(all_done, timeout=90)
+        except BaseException:
+            print(harness.logs())
+            raise
+    per_address = await harness.pool.fetch(
+        "SELECT email_key, count(*) AS n FROM bounce_log WHERE email_key = ANY($1) "
+        "GROUP BY email_key", emails)
+    assert {r["email_key"]: r["n"] for r in per_address} == {e: 1 for e in emails}
+    assert await harness.pool.fetchval(
+        "SELECT count(*) FROM bounces_unmatched WHERE account_id = $1", account_id) == 0
+    mailbox_key = dovecot.mailbox(user, "imap", "starttls").key
+    assert await harness.pool.fetchval(
+        "SELECT count(*) FROM bounce_messages WHERE mailbox = $1", mailbox_key) == total
+
+    async def every_event() -> bool:
+        return {e["recipient"] for e in harness.events if e["type"] == "mail.bounced"
+                and e["delivery_id"] == delivery_id} == set(emails)
+
+    await eventually(every_event, timeout=20)
+    ids = {e["event_id"] for e in harness.events
+           if e["type"] == "mail.bounced" and e["delivery_id"] == delivery_id}
+    assert len(ids) == total  # one bounce each, ever (a republished copy keeps its id)
+    print(f"killed after {at_kill} of {total} bounces")
+
+
+async def _at_least(count: Callable[[], Awaitable[int]], wanted: int) -> bool:
+    return await count() >= wanted

@@ -289,3 +289,45 @@ async def test_a_field_error_is_shown_in_place_and_the_apis_warnings_after_savin
     await page.fill("#f-from_address", "news@example.com")
     await page.click("button[type=submit] >> text=Register")
     await expect(page.locator(".warnings")).to_contain_text("465")
+
+
+async def test_the_bounce_mailbox_is_set_on_the_form_and_its_password_kept_on_an_edit(
+    site: Site,
+) -> None:
+    page = await site.page()
+    await page.click("text=+ New")
+    name = f"bounces {uuid.uuid4().hex[:6]}"
+    await page.fill("#f-name", name)
+    await page.fill("#f-from_address", "news@example.com")
+    await page.fill("#f-smtp_host", "smtp.example.com")
+    await page.fill("#f-smtp_port", "587")
+    await page.select_option("#f-bounce_protocol", "imap")
+    await page.fill("#f-bounce_host", "imap.example.com")
+    await page.fill("#f-bounce_username", "bounces@example.com")
+    await page.click("button[type=submit] >> text=Register")
+    # Without its password the mailbox cannot be read: said in place.
+    await expect(page.locator("#f-bounce_password-error")).to_be_visible()
+    await page.fill("#f-bounce_password", "mailbox-secret")
+    await page.fill("#f-bounce_address", "bounces+x@example.com")
+    await page.click("button[type=submit] >> text=Register")
+    await expect(page.locator("#f-bounce_address-error")).to_contain_text("+")
+    await page.fill("#f-bounce_password", "mailbox-secret")
+    await page.fill("#f-bounce_address", "bounces@example.com")
+    await page.click("button[type=submit] >> text=Register")
+    await expect(page.locator("h1")).to_contain_text(name)
+
+    row = await site.api.pool.fetchrow("SELECT * FROM accounts WHERE name = $1", name)
+    assert (row["bounce_protocol"], row["bounce_host"], row["bounce_port"], row["bounce_tls"],
+            row["bounce_address"], row["bounce_poll_s"]) == (
+        "imap", "imap.example.com", None, "ssl", "bounces@example.com", 300)
+    stored = row["bounce_password_enc"]
+    assert site.api.box.decrypt(stored, account_id=str(row["id"]),
+                                field="bounce_password") == "mailbox-secret"
+
+    await page.click("main >> text=Edit")
+    await expect(page.locator("#f-bounce_password")).to_have_value("")
+    await page.fill("#f-bounce_poll_s", "60")
+    await page.click("button[type=submit] >> text=Update")
+    await expect(page.locator("h1")).to_contain_text(name)
+    row = await site.api.pool.fetchrow("SELECT * FROM accounts WHERE name = $1", name)
+    assert row["bounce_poll_s"] == 60 and row["bounce_password_enc"] == stored

@@ -54,6 +54,20 @@ ACCOUNT_FIELDS = (
     Field("quota_per_day", "Quota per day", "number"),
     Field("standby_account_ids", "Standby accounts (ids, in order)", "words"),
     Field("allowed_from", "Allowed From (addresses or @domains)", "words"),
+    Field("bounce_protocol", "Bounce mailbox", "select", choices=("", "imap", "pop3"),
+          help="Where bounces and complaints arrive (IMAP preferred); it may be the account's "
+               "own mailbox. Read bounces are removed from it."),
+    Field("bounce_host", "Bounce mailbox host"),
+    Field("bounce_port", "Bounce mailbox port", "number",
+          help="Empty: 993 or 143 for IMAP, 995 or 110 for POP3, by the TLS chosen."),
+    Field("bounce_tls", "Bounce mailbox TLS/SSL", "select", choices=("ssl", "starttls", "none")),
+    Field("bounce_username", "Bounce mailbox user"),
+    Field("bounce_password", "Bounce mailbox password", "password"),
+    Field("bounce_address", "VERP base address", "email",
+          help="Optional: mail is sent with the envelope sender local+code@domain of this "
+               "address, so that a bounce finds its recipient even without the original's "
+               "headers. Only when the server lets the envelope sender differ from the login."),
+    Field("bounce_poll_s", "Bounce mailbox check interval (s)", "number"),
     Field("is_default", "System common account", "checkbox"),
 )
 _BY_NAME = {field.name: field for field in ACCOUNT_FIELDS}
@@ -82,7 +96,9 @@ def account_values(values: dict[str, Any], partial: bool) -> dict[str, Any]:
             if not partial or field.name in ("from_name", "reply_to", "local_hostname",
                                              "quota_per_minute", "quota_per_hour",
                                              "quota_per_day", "smtp_username", "pop_host",
-                                             "pop_port", "pop_username"):
+                                             "pop_port", "pop_username", "bounce_protocol",
+                                             "bounce_host", "bounce_port", "bounce_username",
+                                             "bounce_address"):
                 out[field.name] = None
             continue
         out[field.name] = int(text) if field.kind == "number" and text.isdigit() else text
