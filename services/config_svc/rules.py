@@ -4,6 +4,8 @@ from collections.abc import Mapping
 from dataclasses import dataclass
 from typing import Any
 
+VERP_LOCAL_MAX = 64 - 1 - 32  # local + "+" + the token (services/sender/verp.py)
+
 
 @dataclass(frozen=True)
 class FieldError:
@@ -40,9 +42,14 @@ def check_account(account: Mapping[str, Any]) -> tuple[list[FieldError], list[st
         if account.get("bounce_tls") == "none":
             warnings.append("bounce_tls is none: the bounce mailbox's login and password will "
                             "cross the network unencrypted")
-    if "+" in (account.get("bounce_address") or "").partition("@")[0]:
+    verp_local = (account.get("bounce_address") or "").partition("@")[0]
+    if "+" in verp_local:
         # Each mail's envelope sender is local+<token>@domain: a second + is ambiguous.
         errors.append(FieldError("bounce_address", "the local part may not hold a '+'"))
+    elif len(verp_local) > VERP_LOCAL_MAX:
+        errors.append(FieldError(
+            "bounce_address", f"the local part may have at most {VERP_LOCAL_MAX} characters "
+            "(with '+' and the 32 of the token, an address's local part is at most 64)"))
     if account["personal"] and account["is_default"]:
         errors.append(FieldError(
             "is_default", "a personal account cannot be the system default account"))

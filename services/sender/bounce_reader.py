@@ -118,10 +118,17 @@ class MailboxPoller:
         known = await ledger.messages_read(self._pool, key, ids)
         waiting = [uid for uid in ids if uid not in known or known[uid]]
         read = removed = 0
+        loop = asyncio.get_running_loop()
+        # Extended while a quarter of it is gone, not at each message (a round trip each).
+        extend_at = loop.time() + self._lease_ttl_s / 4
         for position, uid in enumerate(waiting):
-            if read >= self._batch or not await ledger.take_mailbox(
-                    self._pool, key, self._owner, self._lease_ttl_s):
+            if read >= self._batch:
                 return Pass(read, removed, len(waiting) - position)
+            if loop.time() >= extend_at:
+                if not await ledger.take_mailbox(self._pool, key, self._owner,
+                                                 self._lease_ttl_s):
+                    return Pass(read, removed, len(waiting) - position)  # lost: stop here
+                extend_at = loop.time() + self._lease_ttl_s / 4
             if uid in known:  # read before; its removal was lost
                 await reader.remove(uid)
                 removed += 1

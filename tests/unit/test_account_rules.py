@@ -25,6 +25,19 @@ def test_pop_before_smtp_needs_every_pop_field() -> None:
     assert [e.field for e in errors] == ["pop_host", "pop_port", "pop_username", "pop_password"]
 
 
+def test_a_bounce_mailbox_needs_its_login_and_a_verp_base_fits_the_token() -> None:
+    errors, _ = check_account({**BASE, "bounce_protocol": "imap"})
+    assert [e.field for e in errors] == ["bounce_host", "bounce_username", "bounce_password"]
+    full = {**BASE, "bounce_protocol": "pop3", "bounce_host": "pop.example.com",
+            "bounce_username": "u", "bounce_password_set": True, "bounce_tls": "none"}
+    errors, warnings = check_account(full)
+    assert errors == [] and any("bounce_tls is none" in w for w in warnings)
+    for base, wrong in (("bounces@example.com", False), ("a+b@example.com", True),
+                        ("x" * 31 + "@example.com", False), ("x" * 32 + "@example.com", True)):
+        errors, _ = check_account({**BASE, "bounce_address": base})
+        assert bool(errors) is wrong, base
+
+
 @pytest.mark.parametrize("address", ["山田@例え.jp", "news@shop.example.com", "a.b+c@x.co.jp"])
 def test_international_addresses_are_accepted(address: str) -> None:
     assert check_address(address)
