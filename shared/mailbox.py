@@ -24,6 +24,9 @@ Protocol_ = Literal["imap", "pop3"]
 _DEFAULT_PORTS = {("imap", True): 993, ("imap", False): 143,
                   ("pop3", True): 995, ("pop3", False): 110}
 _FETCHED = re.compile(rb"UID (\d+)")
+# poplib refuses a line over 2,048 bytes, and an HTML bounce may hold a longer one: the
+# message could never be read and would stop its mailbox's reader at it for ever.
+poplib._MAXLINE = max(poplib._MAXLINE, 1 << 20)  # type: ignore[attr-defined]
 
 
 @dataclass(frozen=True)

@@ -279,3 +279,16 @@ async def test_an_imap_account_with_a_full_batch_reads_on_in_the_next_pass(
         # Soft bounces: counted, not suppressed after one.
         assert all([await suppression(stack, r) is None for r in addresses])
 
+
+
+@pytest.mark.parametrize("protocol", ["imap", "pop3"])
+async def test_a_message_with_a_long_line_is_read_whole(dovecot: Dovecot, protocol: str) -> None:
+    """poplib alone refuses lines over 2,048 bytes: such a bounce would stop its reader."""
+    user = dovecot.new_user()
+    long_line = "<p>" + "x" * 6000 + "</p>"
+    raw = f"From: MAILER-DAEMON@mx.example.org\r\nSubject: failure\r\n\r\n{long_line}\r\n".encode()
+    await dovecot.deliver(user, raw)
+    async with MailboxReader(dovecot.mailbox(user, protocol, "starttls"),
+                             dovecot.ssl_context(), 5) as reader:
+        [uid] = await reader.ids()
+        assert long_line.encode() in await reader.fetch(uid)
