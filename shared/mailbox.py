@@ -2,17 +2,21 @@
 in a thread, each network step under the socket's timeout.
 
 What a reader needs and no more: the messages' stable ids, one message's bytes, and its
-removal. IMAP marks a message \\Deleted and expunges at the end of the session (and at its
-start, for what a killed reader marked); POP3 deletes at QUIT. A message whose removal was
-lost (a reader killed before the expunge or the QUIT) is listed again: the reader knows it
-by its id and removes it without reading it twice.
+removal. IMAP marks a message \\Deleted and expunges that message alone (UID EXPUNGE,
+UIDPLUS; a server without it gets one EXPUNGE at the end of the session), so a person's own
+deleted mail in a shared mailbox is left to them; POP3 deletes at QUIT. A message whose
+removal was lost (a reader killed before the expunge or the QUIT) is listed again: the
+reader knows it by its id and removes it without reading it twice.
+
+A session left on an exception or a cancel sends nothing more: its socket is shut, which
+also ends a call still blocked in its thread.
 """
 
 import asyncio
 import contextlib
 import imaplib
 import poplib
-import re
+import socket
 import ssl
 from dataclasses import dataclass, field
 from typing import Literal, Protocol
@@ -23,7 +27,6 @@ from shared.messages import Tls
 Protocol_ = Literal["imap", "pop3"]
 _DEFAULT_PORTS = {("imap", True): 993, ("imap", False): 143,
                   ("pop3", True): 995, ("pop3", False): 110}
-_FETCHED = re.compile(rb"UID (\d+)")
 # poplib refuses a line over 2,048 bytes, and an HTML bounce may hold a longer one: the
 # message could never be read and would stop its mailbox's reader at it for ever.
 poplib._MAXLINE = max(poplib._MAXLINE, 1 << 20)  # type: ignore[attr-defined]
@@ -65,6 +68,21 @@ class Session(Protocol):
     def fetch(self, message_id: str) -> bytes: ...
     def remove(self, message_id: str) -> None: ...
     def close(self) -> None: ...
+    def abort(self) -> None: ...
+
+
+def _abort(client: imaplib.IMAP4 | poplib.POP3) -> None:
+    """Safe beside a call blocked in another thread: the shutdown makes its recv return at
+    once; only then are the client's file and socket closed."""
+    sock = getattr(client, "sock", None)
+    if sock is None:
+        return
+    with contextlib.suppress(OSError):
+        sock.shutdown(socket.SHUT_RDWR)
+    for closeable in (getattr(client, "file", None), sock):
+        if closeable is not None:
+            with contextlib.suppress(OSError, ValueError):
+                closeable.close()
 
 
 class MailboxReader:
@@ -77,15 +95,33 @@ class MailboxReader:
         self._session: Session | None = None
 
     async def __aenter__(self) -> "MailboxReader":
-        self._session = await self._call(_open, self._mailbox, self._ssl_context,
-                                         self._timeout_s)
+        opening = asyncio.ensure_future(self._call(_open, self._mailbox, self._ssl_context,
+                                                   self._timeout_s))
+        try:
+            self._session = await asyncio.shield(opening)
+        except asyncio.CancelledError:
+            # The thread logs in all the same: that session is shut as soon as it exists.
+            opening.add_done_callback(
+                lambda done: None if done.cancelled() or done.exception() is not None
+                else done.result().abort())
+            raise
         return self
 
-    async def __aexit__(self, *exc: object) -> None:
-        if self._session is not None:
-            session, self._session = self._session, None
-            # Closing commits the removals (EXPUNGE, QUIT): its failure is said, not hidden.
+    async def __aexit__(self, exc_type: type[BaseException] | None, *exc: object) -> None:
+        if self._session is None:
+            return
+        session, self._session = self._session, None
+        if exc_type is not None:
+            # Nothing more is said to the server (a thread may still be inside a command):
+            # removals not yet done are done by the next session, never lost.
+            session.abort()
+            return
+        # Closing commits the removals (EXPUNGE, QUIT): its failure is said, not hidden.
+        try:
             await self._call(session.close)
+        except BaseException:
+            session.abort()
+            raise
 
     async def ids(self) -> list[str]:
         return await self._call(self._live().ids)
@@ -112,6 +148,11 @@ class MailboxReader:
             raise MailboxError(f"timed out after {self._timeout_s:g} s") from error
         except (OSError, EOFError) as error:
             raise MailboxError(f"{type(error).__name__}: {error}") from error
+
+
+def _ok(status: str, data: object, what: str) -> None:
+    if status != "OK":
+        raise MailboxError(f"{what}: {status} {_text(imaplib.IMAP4.error(data))}")
 
 
 def _text(error: Exception) -> str:
@@ -147,39 +188,52 @@ class _Imap:
                 raise MailboxError("the IMAP server would not open INBOX")
             validity = self._client.response("UIDVALIDITY")[1]
             self._validity = validity[0].decode() if validity and validity[0] else "0"
-            self._client.expunge()  # what a reader killed before its expunge marked
+            # Asked again: servers name more of them once logged in (Dovecot's UIDPLUS).
+            _, listed = self._client.capability()
+            self._uidplus = b"UIDPLUS" in b" ".join(listed or []).upper().split()
+            self._marked = False
         except BaseException:
-            with contextlib.suppress(Exception):
-                self._client.shutdown()
+            self.abort()
             raise
 
     def ids(self) -> list[str]:
-        status, data = self._client.uid("SEARCH", None, "UNDELETED")
-        if status != "OK":
-            raise MailboxError(f"UID SEARCH: {_text(imaplib.IMAP4.error(data))}")
+        # Those marked \Deleted too: a reader killed before their expunge left them so.
+        status, data = self._client.uid("SEARCH", None, "ALL")
+        _ok(status, data, "UID SEARCH")
         # UIDVALIDITY:UID: a UID means nothing once the server renumbers the mailbox.
         return [f"{self._validity}:{uid.decode()}" for uid in (data[0] or b"").split()]
 
     def fetch(self, message_id: str) -> bytes:
         uid = self._uid(message_id)
         status, data = self._client.uid("FETCH", uid, "(BODY.PEEK[])")
+        _ok(status, data, f"UID FETCH {uid}")
         for item in data or []:
-            if isinstance(item, tuple) and _FETCHED.search(item[0]):
+            # The literal after "BODY[] {n}"; a server may send the UID before or after it.
+            if isinstance(item, tuple) and b"BODY[]" in item[0]:
                 return bytes(item[1])
-        raise MailboxError(f"UID FETCH {uid}: {status} without the message")
+        raise MailboxError(f"UID FETCH {uid}: the message is gone")
 
     def remove(self, message_id: str) -> None:
-        status, data = self._client.uid("STORE", self._uid(message_id), "+FLAGS", r"(\Deleted)")
-        if status != "OK":
-            raise MailboxError(f"UID STORE: {_text(imaplib.IMAP4.error(data))}")
+        uid = self._uid(message_id)
+        status, data = self._client.uid("STORE", uid, "+FLAGS", r"(\Deleted)")
+        _ok(status, data, "UID STORE")
+        if self._uidplus:
+            status, data = self._client.uid("EXPUNGE", uid)
+            _ok(status, data, "UID EXPUNGE")
+        else:
+            self._marked = True
 
     def close(self) -> None:
         try:
-            self._client.expunge()
+            if self._marked:
+                status, data = self._client.expunge()
+                _ok(status, data, "EXPUNGE")
             self._client.logout()
         finally:
-            with contextlib.suppress(Exception):
-                self._client.shutdown()
+            self.abort()
+
+    def abort(self) -> None:
+        _abort(self._client)
 
     def _uid(self, message_id: str) -> str:
         validity, _, uid = message_id.partition(":")
@@ -208,8 +262,7 @@ class _Pop3:
                 raise MailboxError(_text(error), login=True) from error
             self._numbers: dict[str, int] = {}
         except BaseException:
-            with contextlib.suppress(Exception):
-                self._client.close()
+            self.abort()
             raise
 
     def ids(self) -> list[str]:
@@ -232,8 +285,10 @@ class _Pop3:
         try:
             self._client.quit()  # the deletions take effect here, not at DELE
         finally:
-            with contextlib.suppress(Exception):
-                self._client.close()
+            self.abort()
+
+    def abort(self) -> None:
+        _abort(self._client)
 
     def _number(self, message_id: str) -> int:
         if message_id not in self._numbers:

@@ -25,6 +25,13 @@ from shared.mailbox import Mailbox, MailboxError, MailboxReader
 
 log = structlog.get_logger(__name__)
 
+# A message whose fetch or record failed this many times is set aside (left in the mailbox,
+# never read again), so that one message cannot stop its mailbox's reader for ever.
+MAX_TRIES = 3
+# The database away: the pass ends and the message is read next time, no try counted.
+_DATABASE_AWAY = (OSError, TimeoutError, asyncpg.InterfaceError,
+                  asyncpg.PostgresConnectionError, asyncpg.exceptions.OperatorInterventionError)
+
 
 @dataclass(frozen=True)
 class Watched:
@@ -34,6 +41,7 @@ class Watched:
     account_id: str  # the first account using it: unmatched bounces are filed under it
     verp_bases: tuple[str, ...]
     poll_s: float
+    account_ids: tuple[str, ...] = ()  # every account using it: only their mail is matched
 
 
 def watched_mailboxes(rows: Iterable[asyncpg.Record], box: SecretBox) -> dict[str, Watched]:
@@ -51,10 +59,12 @@ def watched_mailboxes(rows: Iterable[asyncpg.Record], box: SecretBox) -> dict[st
         base = (row["bounce_address"],) if row["bounce_address"] else ()
         seen = found.get(mailbox.key)
         if seen is None:
-            found[mailbox.key] = Watched(mailbox, str(row["id"]), base, row["bounce_poll_s"])
+            found[mailbox.key] = Watched(mailbox, str(row["id"]), base, row["bounce_poll_s"],
+                                         (str(row["id"]),))
         else:
             found[mailbox.key] = Watched(mailbox, seen.account_id, seen.verp_bases + base,
-                                         min(seen.poll_s, row["bounce_poll_s"]))
+                                         min(seen.poll_s, row["bounce_poll_s"]),
+                                         (*seen.account_ids, str(row["id"])))
     return found
 
 
@@ -77,6 +87,7 @@ class MailboxPoller:
         self._timeout_s = timeout_s
         self._lease_ttl_s = lease_ttl_s
         self._batch = batch
+        self._tries: dict[tuple[str, str], int] = {}  # (mailbox, uid) -> failed tries
 
     async def run(self, watched: "WatchedRef") -> None:
         while True:
@@ -133,15 +144,36 @@ class MailboxPoller:
                 await reader.remove(uid)
                 removed += 1
                 continue
-            raw = await reader.fetch(uid)
-            handled = await self._intake.handle(
-                raw, watched.account_id, source=FromMailbox(key, uid),
-                verp_bases=watched.verp_bases)
+            source = FromMailbox(key, uid)
+            if self._tries.get((key, uid), 0) >= MAX_TRIES:
+                await self._intake.set_aside(source, f"failed {MAX_TRIES} times")
+                self._tries.pop((key, uid), None)
+                continue
+            try:
+                raw = await reader.fetch(uid)
+            except MailboxError:
+                self._failed(key, uid)
+                raise  # the session may be out of step: the pass ends
+            try:
+                handled = await self._intake.handle(
+                    raw, watched.account_id, source=source, verp_bases=watched.verp_bases,
+                    accounts=watched.account_ids or None)
+            except _DATABASE_AWAY:
+                raise
+            except Exception as error:  # this message's fault: the others are read on
+                self._failed(key, uid)
+                log.error("bounce not recorded", mailbox=key, uid=uid,
+                          error=f"{type(error).__name__}: {error}")
+                continue
+            self._tries.pop((key, uid), None)
             read += 1
             if handled.remove:
                 await reader.remove(uid)
                 removed += 1
         return Pass(read, removed, 0)
+
+    def _failed(self, key: str, uid: str) -> None:
+        self._tries[(key, uid)] = self._tries.get((key, uid), 0) + 1
 
 
 class WatchedRef:

@@ -11,6 +11,7 @@ for it: the mailbox reader removes it only once this committed, and a message re
 (its removal lost to a crash) changes nothing.
 """
 
+import asyncio
 from collections.abc import Sequence
 from dataclasses import dataclass
 from datetime import timedelta
@@ -24,6 +25,9 @@ from services.sender.verp import Verp
 from shared.messages import AccountWarning, MailBounced, stable_event_id
 
 log = structlog.get_logger(__name__)
+
+# Bounces are small; a bigger message (a person's mail with attachments) is not read.
+MAX_BYTES = 5 * 1024 * 1024
 
 # What is taken out of the mailbox once read; anything else (an auto-reply, a person's mail
 # in a mailbox that is also the account's own) stays where it is, remembered, never re-read.
@@ -60,19 +64,16 @@ class BounceIntake:
         self._soft_window = soft_window
 
     async def handle(self, raw: bytes, account_id: str | None = None, *,
-                     source: FromMailbox | None = None,
-                     verp_bases: Sequence[str] = ()) -> Handled:
-        try:
-            report = parse(raw)
-        except Exception as error:  # a message no parser survives is left for a person
-            log.error("bounce mailbox message unreadable", error=f"{type(error).__name__}: "
-                      f"{error}")
-            report = Report("unknown")
+                     source: FromMailbox | None = None, verp_bases: Sequence[str] = (),
+                     accounts: Sequence[str] | None = None) -> Handled:
+        """`accounts`: the accounts whose mailbox it is; only their mail is matched."""
+        report = await self._read(raw)
         async with self._pool.acquire() as db, db.transaction():
             if source is not None and not await ledger.remember_message(
                     db, source.mailbox, source.uid, report.kind, report.kind in CONSUMED):
                 return Handled(report.kind, 0, 0, 0, seen_before=True)
-            handled, warnings = await self._record(db, report, account_id, verp_bases)
+            handled, warnings = await self._record(db, report, account_id, verp_bases,
+                                                   accounts)
         # Counted once committed: a rolled-back attempt is read again and counted then.
         metrics.BOUNCE_MESSAGES.labels(report.kind).inc()
         if handled.unmatched:
@@ -83,8 +84,30 @@ class BounceIntake:
                 metrics.POLICY_BOUNCES.labels(account).inc()
         return handled
 
+    async def set_aside(self, source: FromMailbox, why: str) -> None:
+        """A message that failed again and again: remembered, left in the mailbox for a
+        person, never read again (the rest of the mailbox is read on)."""
+        async with self._pool.acquire() as db:
+            await ledger.remember_message(db, source.mailbox, source.uid, "unreadable", False)
+        log.error("bounce mailbox message set aside", mailbox=source.mailbox, uid=source.uid,
+                  why=why)
+
+    @staticmethod
+    async def _read(raw: bytes) -> Report:
+        if len(raw) > MAX_BYTES:
+            return Report("unknown")
+        try:
+            # In a thread: a big message takes the email package a while, and the sender's
+            # sessions, heartbeats and leases go on meanwhile.
+            return await asyncio.to_thread(parse, raw)
+        except Exception as error:  # a message no parser survives is left for a person
+            log.error("bounce mailbox message unreadable",
+                      error=f"{type(error).__name__}: {error}")
+            return Report("unknown")
+
     async def _record(self, db: asyncpg.Connection, report: Report, account_id: str | None,
-                      verp_bases: Sequence[str]) -> tuple[Handled, list[tuple[str, str]]]:
+                      verp_bases: Sequence[str], accounts: Sequence[str] | None
+                      ) -> tuple[Handled, list[tuple[str, str]]]:
         if report.kind in ("autoreply", "unknown"):
             return Handled(report.kind, 0, 0, 0), []
         failures = [r for r in report.recipients if r.action != "delayed"]
@@ -95,7 +118,7 @@ class BounceIntake:
                                               detail="no recipient found in it")
                 return Handled(report.kind, 0, 1, 0), []
             return Handled(report.kind, 0, 0, 0), []
-        row = await self._row(db, report, verp_bases)
+        row = await self._row(db, report, verp_bases, accounts)
         bounced = unmatched = suppressed = 0
         recorded: list[tuple[str, str]] = []
         for failure in failures:
@@ -111,19 +134,26 @@ class BounceIntake:
                 bounced += 1
                 suppressed += now_suppressed
                 recorded.append((failure.kind, str(row["account_id"])))
+            elif row["state"] != "bounced":  # never sent (failed, cancelled ...): said
+                await ledger.record_unmatched(
+                    db, account_id=account_id, report=report.kind,
+                    message_id=report.message_id, recipient=failure.recipient,
+                    detail=f"its recipient is {row['state']}, not sent: "
+                           f"{failure.status or ''} {failure.diagnostic}")
+                unmatched += 1
         return Handled(report.kind, bounced, unmatched, suppressed), recorded
 
-    async def _row(self, db: asyncpg.Connection, report: Report,
-                   verp_bases: Sequence[str]) -> asyncpg.Record | None:
+    async def _row(self, db: asyncpg.Connection, report: Report, verp_bases: Sequence[str],
+                   accounts: Sequence[str] | None) -> asyncpg.Record | None:
         # The VERP address first: it is signed, and names the recipient even when the
         # bounce quotes none of the original.
         named = self._verp.find(report.to, verp_bases) if verp_bases else None
         if named is not None:
-            row = await ledger.sent_by_ref(db, *named)
+            row = await ledger.sent_by_ref(db, *named, accounts)
             if row is not None:
                 return row
         if report.message_id:
-            return await ledger.sent_by_message_id(db, report.message_id)
+            return await ledger.sent_by_message_id(db, report.message_id, accounts)
         return None
 
     async def _bounce(self, db: asyncpg.Connection, row: asyncpg.Record,
@@ -133,7 +163,7 @@ class BounceIntake:
         event = MailBounced(
             event_id=stable_event_id(job_id, "bounced"), delivery_id=row["delivery_id"],
             metadata=row["metadata"], account_id=account_id, recipient=row["email"],
-            message_id=row["message_id"], kind=failure.kind, status=failure.status,
+            message_id=row["message_id"] or "", kind=failure.kind, status=failure.status,
             diagnostic=failure.diagnostic, remote_mta=failure.remote_mta)
         applied, now_suppressed = await ledger.record_bounce(
             db, delivery_id=row["delivery_id"], index=row["idx"], kind=failure.kind,

@@ -58,7 +58,9 @@ class Report:
 
 
 def parse(raw: bytes) -> Report:
-    message = email.message_from_bytes(raw, policy=email.policy.default)
+    # A NUL is never mail, and PostgreSQL's text refuses it: a diagnostic holding one could
+    # never be recorded.
+    message = email.message_from_bytes(raw.replace(b"\x00", b""), policy=email.policy.default)
     to = _addresses(message, "To", "Delivered-To", "X-Original-To", "Envelope-To")
     content = message.get_content_type()
     report_type = (message.get_param("report-type") or "").lower()

@@ -1,5 +1,6 @@
 """The sender's reads and writes: stored deliveries, the recipient rows (the ledger), pacing."""
 
+from collections.abc import Sequence
 from dataclasses import dataclass
 from datetime import datetime, timedelta
 from typing import Any
@@ -291,15 +292,22 @@ _BOUNCED_ROW = (
     "FROM delivery_recipients r JOIN deliveries d USING (delivery_id) ")
 
 
-async def sent_by_message_id(db: asyncpg.Connection,
-                             message_id: str) -> asyncpg.Record | None:
+# Only the mail of the accounts whose mailbox it is (None: any account's).
+_OF_ACCOUNTS = " AND ($2::uuid[] IS NULL OR coalesce(r.account_id, d.account_id) = ANY($2))"
+
+
+async def sent_by_message_id(db: asyncpg.Connection, message_id: str,
+                             accounts: Sequence[str] | None) -> asyncpg.Record | None:
     """The recipient a mail was sent to, by its Message-ID (one a recipient)."""
-    return await db.fetchrow(_BOUNCED_ROW + "WHERE r.message_id = $1", message_id)
+    return await db.fetchrow(_BOUNCED_ROW + "WHERE r.message_id = $1" + _OF_ACCOUNTS,
+                             message_id, accounts)
 
 
-async def sent_by_ref(db: asyncpg.Connection, ref: int, index: int) -> asyncpg.Record | None:
+async def sent_by_ref(db: asyncpg.Connection, ref: int, index: int,
+                      accounts: Sequence[str] | None) -> asyncpg.Record | None:
     """The recipient a VERP envelope sender names (verp.py)."""
-    return await db.fetchrow(_BOUNCED_ROW + "WHERE d.ref = $1 AND r.idx = $2", ref, index)
+    return await db.fetchrow(
+        _BOUNCED_ROW + "WHERE d.ref = $3 AND r.idx = $1" + _OF_ACCOUNTS, index, accounts, ref)
 
 
 async def record_bounce(db: asyncpg.Connection, *, delivery_id: str, index: int, kind: str,

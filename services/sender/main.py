@@ -90,8 +90,10 @@ async def serve(settings: SenderSettings) -> None:
         await stop.wait()
         sweep.cancel()
         bounces.cancel()
-        with contextlib.suppress(asyncio.CancelledError):
-            await bounces  # a pass in hand ends with its transaction, or rolls back
+        # A pass in hand ends with its transaction or rolls back; never waited on for long:
+        # the sends in hand matter more.
+        with contextlib.suppress(asyncio.CancelledError, TimeoutError):
+            await asyncio.wait_for(bounces, timeout=5)
         await supervisor.stop(settings.shutdown_grace_s)
         relay.stop()
         await relay_task

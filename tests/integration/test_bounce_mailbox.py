@@ -5,6 +5,7 @@ sender's reader over IMAP or POP3 with TLS: the row, the counts, `mail.bounced`,
 suppression and the next delivery; VERP; a complaint; an auto-reply; a policy bounce; an
 unmatched one; and the removal from the mailbox only after the commit."""
 
+import asyncio
 import ssl
 import uuid
 from datetime import timedelta
@@ -13,11 +14,17 @@ from typing import Any
 import pytest
 
 from services.sender import ledger
-from services.sender.bounce_reader import MailboxPoller, Watched, watched_mailboxes
+from services.sender.bounce_reader import (
+    MailboxPoller,
+    Watched,
+    WatchedRef,
+    watched_mailboxes,
+)
 from services.sender.bounces import BounceIntake, FromMailbox
 from services.sender.verp import Verp
 from shared.crypto import SecretBox
 from shared.mailbox import MailboxError, MailboxReader
+from tests.conftest import eventually
 from tests.integration.accounts_fixtures import KEY
 from tests.integration.dispatcher_fixtures import request_body
 from tests.integration.sender_fixtures import SenderStack, configure_account, sender_on
@@ -292,3 +299,116 @@ async def test_a_message_with_a_long_line_is_read_whole(dovecot: Dovecot, protoc
                              dovecot.ssl_context(), 5) as reader:
         [uid] = await reader.ids()
         assert long_line.encode() in await reader.fetch(uid)
+
+
+class PoisonedIntake(BounceIntake):
+    """The intake, failing on the messages that say POISON (a fault of ours, or of the data,
+    that no retry cures)."""
+
+    async def handle(self, raw: bytes, *args: Any, **kwargs: Any) -> Any:
+        if b"POISON" in raw:
+            raise ValueError("cannot record this one")
+        return await super().handle(raw, *args, **kwargs)
+
+
+async def test_a_message_that_always_fails_is_set_aside_and_the_rest_is_read(
+    start_sender: Any, dovecot: Dovecot,
+) -> None:
+    async with smtp_server() as server:
+        stack, user, body, (r0, r1, r2) = await sending_with_mailbox(
+            start_sender, server, dovecot, "imap", "starttls", 3)
+        poison = returned(server, r0, status="5.1.1", diagnostic="550 5.1.1 POISON")
+        await dovecot.deliver(user, poison, *(returned(server, r, status="5.1.1",
+                                                       diagnostic="550 5.1.1 x")
+                                              for r in (r1, r2)))
+        reader = MailboxPoller(
+            stack.dispatcher.pool, PoisonedIntake(stack.dispatcher.pool, Verp([KEY])),
+            dovecot.ssl_context(), "reader-p", timeout_s=5, lease_ttl_s=30, batch=100)
+        mailbox = await watched(stack, dovecot, user, "imap", "starttls")
+        passes = [await reader.read_once(mailbox) for _ in range(4)]
+        assert [(p.read, p.removed) for p in passes] == [(2, 2), (0, 0), (0, 0), (0, 0)]
+        assert await ledger_states(stack, body["delivery_id"]) == {"sent": 1, "bounced": 2}
+        aside = await stack.dispatcher.pool.fetchval(
+            "SELECT report FROM bounce_messages WHERE mailbox = $1 AND NOT removed",
+            mailbox.mailbox.key)
+        assert aside == "unreadable"
+        assert await dovecot.count(user) == 1  # left for a person
+
+
+async def test_a_nul_in_a_bounce_is_dropped_not_refused_by_the_database(
+    start_sender: Any,
+) -> None:
+    """PostgreSQL's text refuses a NUL: kept, the bounce could never be recorded. (IMAP
+    servers replace one on delivery; a POP3 server or a raw maildir may not.)"""
+    async with smtp_server() as server:
+        stack = await sender_on(start_sender, server)
+        body, (r0, _, _) = await sent(stack, 3)
+        raw = returned(server, r0, status="5.1.1", diagnostic="550 5.1.1 no\x00such user")
+        handled = await BounceIntake(stack.dispatcher.pool, Verp([KEY])).handle(
+            raw, stack.account_id)
+        assert handled.bounced == 1
+        assert (await row_of(stack, body["delivery_id"], r0))["bounce_diagnostic"] == (
+            "550 5.1.1 nosuch user")
+
+
+async def test_a_cancelled_reader_stops_at_once_and_the_next_one_finishes_the_mailbox(
+    start_sender: Any, dovecot: Dovecot,
+) -> None:
+    async with smtp_server() as server:
+        stack, user, body, addresses = await sending_with_mailbox(
+            start_sender, server, dovecot, "pop3", "ssl", 60)
+        await dovecot.deliver(user, *(returned(server, r, status="5.1.1",
+                                               diagnostic="550 5.1.1 User unknown")
+                                      for r in addresses))
+        mailbox = await watched(stack, dovecot, user, "pop3", "ssl")
+        running = asyncio.create_task(poller(stack, dovecot).run(WatchedRef(mailbox)))
+
+        async def some_bounced() -> bool:
+            states = await ledger_states(stack, body["delivery_id"])
+            return states.get("bounced", 0) >= 5
+
+        await eventually(some_bounced, timeout=20)
+        running.cancel()
+        async with asyncio.timeout(5):  # never a hang, never a poller that reads on
+            with pytest.raises(asyncio.CancelledError):
+                await running
+        at_cancel = await ledger_states(stack, body["delivery_id"])
+        assert at_cancel.get("sent", 0) > 0, "the reader finished before the cancel"
+        await asyncio.sleep(0)
+        assert await ledger_states(stack, body["delivery_id"]) == at_cancel
+
+        done = await poller(stack, dovecot).read_once(mailbox)
+        assert done is not None and done.left == 0
+        assert await ledger_states(stack, body["delivery_id"]) == {"bounced": 60}
+        assert await dovecot.count(user) == 0
+        logged = await stack.dispatcher.pool.fetchval(
+            "SELECT count(*) FROM bounce_log WHERE email_key = ANY($1)", addresses)
+        assert logged == 60
+
+
+async def test_a_persons_deleted_mail_is_theirs_to_expunge_and_an_unknown_outcome_bounces(
+    start_sender: Any, dovecot: Dovecot,
+) -> None:
+    async with smtp_server() as server:
+        stack, user, body, (_, r1, r2) = await sending_with_mailbox(
+            start_sender, server, dovecot, "imap", "starttls", 3)
+        await dovecot.deliver(user, bounce_corpus.VACATION)
+        await dovecot.mark_deleted(user)  # the person deleted it, not yet expunged
+        # r1's outcome was unknown (the line lost after DATA), r2 failed: a bounce proves
+        # r1's mail was taken; r2's never was, so its bounce is kept as unmatched.
+        await stack.dispatcher.pool.execute(
+            "UPDATE delivery_recipients SET state = CASE idx WHEN 1 THEN 'unknown' "
+            "ELSE 'failed' END WHERE delivery_id = $1 AND idx IN (1, 2)", body["delivery_id"])
+        await dovecot.deliver(user, *(returned(server, r, status="5.1.1",
+                                               diagnostic="550 5.1.1 User unknown")
+                                      for r in (r1, r2)))
+        done = await poller(stack, dovecot).read_once(
+            await watched(stack, dovecot, user, "imap", "starttls"))
+        assert done.read == 3
+        assert await dovecot.count_all(user) == 1  # the person's, still \Deleted, still there
+        assert (await row_of(stack, body["delivery_id"], r1))["state"] == "bounced"
+        assert (await row_of(stack, body["delivery_id"], r2))["state"] == "failed"
+        kept = await stack.dispatcher.pool.fetchval(
+            "SELECT detail FROM bounces_unmatched WHERE account_id = $1 AND recipient = $2",
+            stack.account_id, r2)
+        assert kept.startswith("its recipient is failed")

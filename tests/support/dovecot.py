@@ -79,3 +79,29 @@ class Dovecot:
             return len((data[0] or b"").split())
         finally:
             client.logout()
+
+    async def mark_deleted(self, user: str) -> None:
+        """What a person's mail program does before it expunges: every message \\Deleted."""
+        await asyncio.to_thread(self._mark_deleted, user)
+
+    async def count_all(self, user: str) -> int:
+        """Every message still in the INBOX, those marked deleted too."""
+        return await asyncio.to_thread(self._count_all, user)
+
+    def _mark_deleted(self, user: str) -> None:
+        client = self._client(user)
+        try:
+            client.select("INBOX")
+            status, data = client.store("1:*", "+FLAGS", r"(\Deleted)")
+            assert status == "OK", data
+        finally:
+            client.logout()
+
+    def _count_all(self, user: str) -> int:
+        client = self._client(user)
+        try:
+            client.select("INBOX", readonly=True)
+            _, data = client.uid("SEARCH", None, "ALL")
+            return len((data[0] or b"").split())
+        finally:
+            client.logout()
