@@ -32,6 +32,12 @@ LostHook = Callable[[list[str], str], None]
 OnMessage = Callable[[Any, bool], Awaitable[None]]  # (message, from the urgent queue)
 
 
+# Subscriptions on their way on one channel before another channel is opened for more, up
+# to this many channels (beyond, a full channel alone opens one).
+IN_FLIGHT_PER_CHANNEL = 2
+SPREAD_CHANNELS = 16
+
+
 class ConsumerGone(Exception):
     pass
 
@@ -49,6 +55,11 @@ class _Slot:
     pair_of: dict[str, str] = field(default_factory=dict)
     # tags the broker cancelled before they were registered (between the pair's two consumes)
     gone: set[str] = field(default_factory=set)
+    reserved: int = 0  # subscriptions on their way on this channel
+
+    @property
+    def load(self) -> int:
+        return len(self.tags) + self.reserved
 
 
 class ConsumerChannels:
@@ -62,6 +73,7 @@ class ConsumerChannels:
         self._connection: AbstractConnection | None = None
         self._slots: list[_Slot] = []
         self._closing = False
+        self._placing = asyncio.Lock()  # one choice of channel at a time
 
     @property
     def is_open(self) -> bool:
@@ -78,6 +90,13 @@ class ConsumerChannels:
         except Exception:
             self._forget_connection()
             raise
+        try:
+            return await self._consume_on(slot, account_id, on_message)
+        finally:
+            slot.reserved -= 1
+
+    async def _consume_on(self, slot: _Slot, account_id: str,
+                          on_message: OnMessage) -> tuple[AbstractQueue, str]:
         urgent_tag: str | None = None
         try:
             queue, urgent = await self._topology.declare_account_queues(slot.channel,
@@ -132,11 +151,22 @@ class ConsumerChannels:
                 await self._connection.close()
 
     async def _slot_with_room(self) -> _Slot:
-        if not self.is_open:
-            await self._connect()
-        for slot in self._slots:
-            if len(slot.tags) < self._per_channel and not slot.channel.is_closed:
-                return slot
+        """A channel with room, its place reserved. Subscriptions made at once spread over
+        channels (the commands of one channel go one after the other): the least loaded one
+        with room, or a new one while each has a few on their way."""
+        async with self._placing:
+            if not self.is_open:
+                await self._connect()
+            open_slots = [s for s in self._slots
+                          if s.load < self._per_channel and not s.channel.is_closed]
+            free = [s for s in open_slots if s.reserved < IN_FLIGHT_PER_CHANNEL]
+            slot = min(free or open_slots, key=lambda s: s.load, default=None)
+            if slot is None or (not free and len(self._slots) < SPREAD_CHANNELS):
+                slot = await self._new_slot()
+            slot.reserved += 1
+            return slot
+
+    async def _new_slot(self) -> _Slot:
         channel = await self._connection_open().channel()
         await channel.set_qos(prefetch_count=1)  # per consumer: global is off
         slot = _Slot(channel)

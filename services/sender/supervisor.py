@@ -33,6 +33,7 @@ log = structlog.get_logger(__name__)
 SETTINGS_FAULTS = frozenset({"auth", "tls", "sender_refused", "pop", "account", "secret",
                              "connect"})
 STANDBY_DELAY_S = 2.0
+SUBSCRIBE_AT_ONCE = 32  # accounts being subscribed at the same time
 HEARTBEAT_S = 5.0
 FIRST_RECOVERY_S = 0.2
 MAX_RECOVERY_S = 30.0
@@ -154,20 +155,17 @@ class Supervisor:
                 if account_id not in live:  # deleted; a paused one keeps its worker
                     del self.workers[account_id]
                     self._spawn(self._retire(worker), "retire")
+            now = []
             for account_id in wanted:
                 worker = self.workers.get(account_id)
                 if worker is not None and worker.consumer_tag is not None:
                     continue
                 owner = rendezvous_owner(account_id, replicas)
                 if owner in (None, self._parts.settings.replica_id) or worker is not None:
-                    # Its owner, or a consumer lost here: at once (an active one returns).
-                    try:
-                        await self._subscribe(account_id)
-                    except Exception:
-                        failed += 1
-                        log.exception("subscribing failed", account_id=account_id)
+                    now.append(account_id)  # its owner, or a consumer lost here: at once
                 elif account_id not in pending:
                     later.append(account_id)
+            failed += await self._subscribe_all(now)
             for row in rows:  # connection pauses end by themselves once a probe succeeds
                 if row["paused_reason"] == "connect":
                     self._start_probe(str(row["id"]))
@@ -195,15 +193,36 @@ class Supervisor:
             self._pending_standby.difference_update(account_ids)
 
     async def _subscribe_standby(self, account_ids: list[str]) -> None:
-        for account_id in account_ids:
-            rows = [row for row in await ledger.live_accounts(self._parts.pool)
-                    if str(row["id"]) == account_id]
-            async with self._lock:
+        rows = {str(row["id"]): row for row in await ledger.live_accounts(self._parts.pool)}
+        async with self._lock:
+            if self._stopping:
+                return
+            due = []
+            for account_id in account_ids:
+                row = rows.get(account_id)
                 worker = self.workers.get(account_id)
                 running = worker is not None and worker.consumer_tag is not None
-                wanted = rows and not rows[0]["paused"] and rows[0]["paused_reason"] is None
-                if wanted and not running and not self._stopping:
+                if (row is not None and not row["paused"] and row["paused_reason"] is None
+                        and not running):
+                    due.append(account_id)
+            if await self._subscribe_all(due):
+                self._recover()
+
+    async def _subscribe_all(self, account_ids: list[str]) -> int:
+        """Subscribes these accounts, several at once (each one's commands wait for the
+        broker's replies; spread over channels they overlap); returns how many failed."""
+        limit = asyncio.Semaphore(SUBSCRIBE_AT_ONCE)
+
+        async def one(account_id: str) -> int:
+            async with limit:
+                try:
                     await self._subscribe(account_id)
+                except Exception:
+                    log.exception("subscribing failed", account_id=account_id)
+                    return 1
+                return 0
+
+        return sum(await asyncio.gather(*(one(account_id) for account_id in account_ids)))
 
     async def _subscribe(self, account_id: str) -> None:
         account = await ledger.account(self._parts.pool, account_id)
