@@ -12,7 +12,7 @@ the other on channels of 100 consumers, and over those channels at once: the bro
 
 import argparse
 import asyncio
-import os
+import dataclasses
 import sys
 import time
 from pathlib import Path
@@ -33,12 +33,12 @@ PER_CHANNEL = 100
 async def bare_subscriptions(bench: Bench, ids: list[str], together: bool) -> float:
     """Seconds to declare, bind and consume every account's two queues; the messages the
     consumers get are left unacked (they go back when the connection closes)."""
-    connection = await aio_pika.connect(os.environ["MAIL_AMQP_URL"], timeout=30)
+    assert bench.connection is not None
+    channels: list[aio_pika.abc.AbstractChannel] = []
     try:
         groups = [ids[i:i + PER_CHANNEL] for i in range(0, len(ids), PER_CHANNEL)]
-        channels = []
         for _ in groups:
-            channel = await connection.channel()
+            channel = await bench.connection.channel()
             await channel.set_qos(prefetch_count=1)
             channels.append(channel)
 
@@ -61,11 +61,13 @@ async def bare_subscriptions(bench: Bench, ids: list[str], together: bool) -> fl
                 await subscribe(channel, group)
         return time.perf_counter() - started
     finally:
-        await connection.close()
+        for channel in channels:  # its messages go back to their queues
+            await channel.close()
 
 
 async def run(accounts: int) -> None:
-    bench = Bench(QUICK)
+    # One SMTP session per account open at once: smtp-sink takes them all.
+    bench = Bench(dataclasses.replace(QUICK, accounts=accounts))
     try:
         await bench.set_up()
         ids = await bench.create_accounts(accounts, INTERVAL_MS)

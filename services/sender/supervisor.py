@@ -212,19 +212,24 @@ class Supervisor:
         """Subscribes these accounts, several at once (each one's commands wait for the
         broker's replies; spread over channels they overlap); returns how many failed."""
         limit = asyncio.Semaphore(SUBSCRIBE_AT_ONCE)
+        gate = asyncio.Event() if len(account_ids) > SUBSCRIBE_AT_ONCE else None
 
         async def one(account_id: str) -> int:
             async with limit:
                 try:
-                    await self._subscribe(account_id)
+                    await self._subscribe(account_id, gate)
                 except Exception:
                     log.exception("subscribing failed", account_id=account_id)
                     return 1
                 return 0
 
-        return sum(await asyncio.gather(*(one(account_id) for account_id in account_ids)))
+        try:
+            return sum(await asyncio.gather(*(one(account_id) for account_id in account_ids)))
+        finally:
+            if gate is not None:
+                gate.set()
 
-    async def _subscribe(self, account_id: str) -> None:
+    async def _subscribe(self, account_id: str, gate: asyncio.Event | None = None) -> None:
         account = await ledger.account(self._parts.pool, account_id)
         if account is None:
             return
@@ -238,6 +243,7 @@ class Supervisor:
         # (a worker left paused would put back every job it is given, round and round).
         worker.paused = False
         worker.consuming = True
+        worker.gate = gate
         try:
             worker.queue, worker.consumer_tag = await self._consumers.consume(
                 account_id, worker.on_message)

@@ -135,6 +135,8 @@ class AccountWorker:
         self.throttled = False
         self.paused = False  # by this worker; it takes no message until resumed
         self.consuming = False  # set by the supervisor around its consumer
+        # Set by the supervisor: jobs wait on it while a batch of accounts is subscribed.
+        self.gate: asyncio.Event | None = None
         self.queue: AbstractQueue | None = None
         self.consumer_tag: str | None = None
         self.busy = asyncio.Lock()
@@ -229,6 +231,11 @@ class AccountWorker:
 
     async def _take(self, message: AbstractIncomingMessage, home: Any | None,
                     urgent: bool) -> None:
+        gate = self.gate
+        if gate is not None:
+            # Subscribed in a batch: the job waits in hand until the batch is subscribed (a
+            # first send per account, thousands at once, would slow the rest of it).
+            await gate.wait()
         if await self._skip(message, home):
             return
         if self.paused or not self.consuming:
