@@ -122,25 +122,21 @@ class BounceIntake:
         bounced = unmatched = suppressed = 0
         recorded: list[tuple[str, str]] = []
         for failure in failures:
-            if row is None:
-                await ledger.record_unmatched(
-                    db, account_id=account_id, report=report.kind,
-                    message_id=report.message_id, recipient=failure.recipient,
-                    detail=f"{failure.status or ''} {failure.diagnostic}".strip())
-                unmatched += 1
-                continue
-            applied, now_suppressed = await self._bounce(db, row, failure)
-            if applied:
-                bounced += 1
-                suppressed += now_suppressed
-                recorded.append((failure.kind, str(row["account_id"])))
-            elif row["state"] != "bounced":  # never sent (failed, cancelled ...): said
-                await ledger.record_unmatched(
-                    db, account_id=account_id, report=report.kind,
-                    message_id=report.message_id, recipient=failure.recipient,
-                    detail=f"its recipient is {row['state']}, not sent: "
-                           f"{failure.status or ''} {failure.diagnostic}")
-                unmatched += 1
+            said = f"{failure.status or ''} {failure.diagnostic}".strip()
+            if row is not None:
+                applied, now_suppressed = await self._bounce(db, row, failure)
+                if applied:
+                    bounced += 1
+                    suppressed += now_suppressed
+                    recorded.append((failure.kind, str(row["account_id"])))
+                    continue
+                if row["state"] == "bounced":  # a second report of the same bounce
+                    continue
+                said = f"its recipient is {row['state']}, not sent: {said}"  # failed ...
+            await ledger.record_unmatched(
+                db, account_id=account_id, report=report.kind, message_id=report.message_id,
+                recipient=failure.recipient, detail=said)
+            unmatched += 1
         return Handled(report.kind, bounced, unmatched, suppressed), recorded
 
     async def _row(self, db: asyncpg.Connection, report: Report, verp_bases: Sequence[str],

@@ -277,9 +277,7 @@ async def set_paused(db: asyncpg.Pool, account_id: str, reason: str | None,
             "paused_by = CASE WHEN paused_by = 'operator' THEN 'operator' "
             "WHEN $2 THEN 'sender' END WHERE id = $1", account_id, reason is not None)
         if changed and event is not None:
-            await connection.execute(
-                "INSERT INTO sender_outbox (routing_key, event_id, body) VALUES ($1, $2, $3)",
-                event["type"], event["event_id"], event)
+            await add_event(connection, event)
     return changed
 
 
@@ -362,6 +360,8 @@ async def policy_warning_due(db: asyncpg.Connection, account_id: str) -> bool:
 
 
 async def add_event(db: asyncpg.Connection, event: dict[str, Any]) -> None:
+    """Into the outbox, in the caller's transaction: the event exists if and only if it
+    commits."""
     await db.execute(
         "INSERT INTO sender_outbox (routing_key, event_id, body) VALUES ($1, $2, $3)",
         event["type"], event["event_id"], event)
