@@ -2,19 +2,28 @@
 
 Migrations are numbered `.sql` files (`0001_accounts.sql`, ...) in a service's
 `migrations/` folder. Each runs in its own transaction and is recorded in
-`schema_migrations`; a session advisory lock makes two replicas starting at once take turns.
+`schema_migrations`; a transaction-level advisory lock makes two replicas starting at once
+take turns, so that it holds behind a pooler in transaction mode too.
+
+`pooling` says what is between the services and PostgreSQL: `session` (PostgreSQL itself, or
+a pooler in session mode) or `transaction` (PgBouncer in transaction mode: a server
+connection per transaction, so no prepared statement outlives its transaction and no
+session state may be relied on; none is, in any mode).
 """
 
 import re
 import zlib
 from dataclasses import dataclass
 from pathlib import Path
+from typing import Any, Literal
 
 import asyncpg
 import orjson
 import structlog
 
 log = structlog.get_logger(__name__)
+
+Pooling = Literal["session", "transaction"]
 
 _FILE = re.compile(r"^(?P<version>\d{4})_(?P<name>[a-z0-9_]+)\.sql$")
 
@@ -43,23 +52,39 @@ async def _init_connection(connection: asyncpg.Connection) -> None:
     )
 
 
-async def create_pool(dsn: str, max_size: int = 10, min_size: int = 1) -> asyncpg.Pool:
-    return await asyncpg.create_pool(
-        dsn, min_size=min_size, max_size=max_size, init=_init_connection, command_timeout=30
-    )
+def _options(pooling: Pooling) -> dict[str, Any]:
+    # Behind a pooler in transaction mode a named prepared statement would be looked for on
+    # another server connection: asyncpg then uses unnamed ones, parsed again each time.
+    return {"statement_cache_size": 0} if pooling == "transaction" else {}
+
+
+async def connect(dsn: str, pooling: Pooling = "session") -> asyncpg.Connection:
+    """A connection outside any pool (a lock holder's, the migrations')."""
+    return await asyncpg.connect(dsn, command_timeout=30, **_options(pooling))
 
 
 async def _keep_session(connection: asyncpg.Connection) -> None:
     """No reset query on release (asyncpg still rolls back an open transaction)."""
 
 
-async def create_stateless_pool(dsn: str, max_size: int = 10, min_size: int = 1) -> asyncpg.Pool:
-    """For code that leaves no session state behind (no session advisory locks, LISTEN, SET or
-    cursors): no reset query on each release, a round trip as long as the query itself
-    (docs/benchmarks.md)."""
+async def create_pool(dsn: str, max_size: int = 10, min_size: int = 1,
+                      pooling: Pooling = "session") -> asyncpg.Pool:
+    # asyncpg's reset query (RESET ALL, pg_advisory_unlock_all(), ...) would run behind a
+    # transaction pooler on whichever server connection it is given: another client's.
+    reset = _keep_session if pooling == "transaction" else None
     return await asyncpg.create_pool(
         dsn, min_size=min_size, max_size=max_size, init=_init_connection, command_timeout=30,
-        reset=_keep_session,
+        reset=reset, **_options(pooling),
+    )
+
+
+async def create_stateless_pool(dsn: str, max_size: int = 10, min_size: int = 1,
+                                pooling: Pooling = "session") -> asyncpg.Pool:
+    """For code that leaves no session state behind (no LISTEN, SET or cursors): no reset
+    query on each release, a round trip as long as the query itself (docs/benchmarks.md)."""
+    return await asyncpg.create_pool(
+        dsn, min_size=min_size, max_size=max_size, init=_init_connection, command_timeout=30,
+        reset=_keep_session, **_options(pooling),
     )
 
 
@@ -92,38 +117,34 @@ _LOCK_ID = zlib.crc32(b"mail-delivery:migrations")
 
 
 async def migrate(connection: asyncpg.Connection, service: str, folder: Path) -> list[int]:
-    """Apply the migrations of `folder` not yet applied; returns the versions applied."""
-    migrations = find_migrations(folder)
+    """Apply the migrations of `folder` not yet applied; returns the versions applied.
+
+    Each in a transaction of its own that first takes the lock, then looks again whether
+    it is applied: a replica that waited finds the other one's work done."""
     applied_now: list[int] = []
-    await connection.execute("SELECT pg_advisory_lock($1)", _LOCK_ID)
-    try:
-        await connection.execute(_CREATE_TABLE)
-        done = {
-            row["version"]
-            for row in await connection.fetch(
-                "SELECT version FROM schema_migrations WHERE service = $1", service
-            )
-        }
-        for migration in migrations:
-            if migration.version in done:
+    for migration in find_migrations(folder):
+        async with connection.transaction():
+            await connection.execute("SELECT pg_advisory_xact_lock($1)", _LOCK_ID)
+            await connection.execute(_CREATE_TABLE)
+            if await connection.fetchval(
+                    "SELECT true FROM schema_migrations WHERE service = $1 AND version = $2",
+                    service, migration.version):
                 continue
-            async with connection.transaction():
-                await connection.execute(migration.path.read_text(encoding="utf-8"))
-                await connection.execute(
-                    "INSERT INTO schema_migrations (service, version, name) VALUES ($1, $2, $3)",
-                    service, migration.version, migration.name,
-                )
-            log.info("migration applied", service=service, version=migration.version,
-                     migration=migration.name)
-            applied_now.append(migration.version)
-    finally:
-        await connection.execute("SELECT pg_advisory_unlock($1)", _LOCK_ID)
+            await connection.execute(migration.path.read_text(encoding="utf-8"))
+            await connection.execute(
+                "INSERT INTO schema_migrations (service, version, name) VALUES ($1, $2, $3)",
+                service, migration.version, migration.name,
+            )
+        log.info("migration applied", service=service, version=migration.version,
+                 migration=migration.name)
+        applied_now.append(migration.version)
     return applied_now
 
 
-async def migrate_service(dsn: str, service: str, folder: Path) -> list[int]:
+async def migrate_service(dsn: str, service: str, folder: Path,
+                          pooling: Pooling = "session") -> list[int]:
     """`python -m services.<name> migrate`: one connection, the service's migrations."""
-    connection = await asyncpg.connect(dsn)
+    connection = await connect(dsn, pooling)
     try:
         applied = await migrate(connection, service, folder)
     finally:

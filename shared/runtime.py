@@ -49,7 +49,7 @@ def serve_or_migrate(argv: list[str] | None, *, service: str, serve_help: str,
     start_logging(settings)
     if args.command == "migrate":
         dsn = settings.postgres_dsn.get_secret_value()
-        asyncio.run(migrate_service(dsn, service, migrations))
+        asyncio.run(migrate_service(dsn, service, migrations, settings.db_pooling))
     else:
         asyncio.run(serve(settings))
 
@@ -57,11 +57,12 @@ def serve_or_migrate(argv: list[str] | None, *, service: str, serve_help: str,
 @asynccontextmanager
 async def connected(
     settings: ServiceSettings, connection_name: str, schemas: Mapping[str, Path],
-    make_pool: Callable[[str, int], Awaitable[asyncpg.Pool]] = create_pool,
+    make_pool: Callable[..., Awaitable[asyncpg.Pool]] = create_pool,
 ) -> AsyncIterator[tuple[asyncpg.Pool, AbstractRobustConnection]]:
     """A service's database pool, once the schemas it needs ({service: migrations}) are
     migrated, and its broker connection; both closed on the way out."""
-    pool = await make_pool(settings.postgres_dsn.get_secret_value(), settings.db_pool_max)
+    pool = await make_pool(settings.postgres_dsn.get_secret_value(), settings.db_pool_max,
+                           pooling=settings.db_pooling)
     try:
         async with pool.acquire() as db:
             for service, folder in schemas.items():

@@ -32,6 +32,10 @@ class ServiceSettings(BaseSettings):
         8080, ge=1, le=65535, description="Port of /healthz, /readyz, /metrics (and the API)."
     )
     db_pool_max: int = Field(10, ge=1, description="Largest number of PostgreSQL connections.")
+    db_pooling: Literal["session", "transaction"] = Field(
+        "session", description="`transaction` when PostgreSQL is reached through PgBouncer "
+        "in transaction pooling mode (no prepared statement kept across transactions); "
+        "`session` for PostgreSQL itself or a pooler in session mode.")
     shutdown_grace_s: float = Field(
         20.0, gt=0, description="How long a service waits for work in hand on SIGTERM."
     )

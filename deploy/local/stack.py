@@ -37,6 +37,7 @@ PG_BIN = "/usr/lib/postgresql/*/bin"
 DEFAULT_PORTS = {"amqp": 5672, "management": 15672, "postgres": 5432,
                  "imap": 10143, "imaps": 10993, "pop3": 10110, "pop3s": 10995}
 DOVECOT = "/usr/sbin/dovecot"
+PGBOUNCER = "/usr/sbin/pgbouncer"
 PORT_NAMES = ("amqp", "management", "dist", "epmd", "postgres", "imap", "imaps", "pop3", "pop3s")
 TIMEOUT = 90  # seconds for a server to become ready
 
@@ -572,13 +573,15 @@ def apt_busy():
 
 def ensure_packages():
     # Another apt-get may be installing them right now: wait rather than fight over the lock.
-    if not (rabbit_sbin() and pg_bin() and Path(DOVECOT).exists()) and apt_busy():
+    if not (rabbit_sbin() and pg_bin() and Path(DOVECOT).exists()
+            and Path(PGBOUNCER).exists()) and apt_busy():
         print("stack: waiting for the running apt-get/dpkg to finish ...", flush=True)
         if not wait_until(lambda: not apt_busy(), 1200, 2):
             raise StackError("apt-get/dpkg still running after 20 minutes")
     wanted = {"rabbitmq-server": rabbit_sbin(), "postgresql": pg_bin(),
               "dovecot-imapd": Path(DOVECOT).exists(),
-              "dovecot-pop3d": Path("/usr/lib/dovecot/pop3").exists()}
+              "dovecot-pop3d": Path("/usr/lib/dovecot/pop3").exists(),
+              "pgbouncer": Path(PGBOUNCER).exists()}  # for tests/support/pgbouncer.py
     missing = [package for package, found in wanted.items() if not found]
     if missing:
         print(f"stack: installing {' '.join(missing)} with apt-get ...", flush=True)

@@ -19,7 +19,8 @@ log = structlog.get_logger(__name__)
 async def rotate_keys(settings: ConfigSettings) -> int:
     """Re-encrypts every stored password with the newest key, in one transaction."""
     box = SecretBox(settings.encryption_keys())
-    pool = await create_pool(settings.postgres_dsn.get_secret_value(), 1)
+    pool = await create_pool(settings.postgres_dsn.get_secret_value(), 1,
+                             pooling=settings.db_pooling)
     try:
         async with pool.acquire() as db, db.transaction():
             rows = await repository.all_with_secrets(db)
@@ -57,7 +58,7 @@ def main(argv: list[str] | None = None) -> None:
     start_logging(settings)
     if args.command == "migrate":
         dsn = settings.postgres_dsn.get_secret_value()
-        asyncio.run(migrate_service(dsn, SERVICE, MIGRATIONS))
+        asyncio.run(migrate_service(dsn, SERVICE, MIGRATIONS, settings.db_pooling))
     elif args.command == "rotate-keys":
         asyncio.run(rotate_keys(settings))
     else:

@@ -12,6 +12,7 @@ from pydantic import BaseModel, ConfigDict, StringConstraints
 from services.dispatcher import repository
 from services.dispatcher.cancel import Canceller
 from services.dispatcher.decode import decode_request, parse_json
+from services.dispatcher.locks import DeliveryLocks
 from services.dispatcher.rejection import TOO_LARGE, Rejection
 from services.dispatcher.validate import account_uuid
 from shared.addresses import check_address
@@ -59,7 +60,7 @@ def listed_state(row: Any) -> str:
                                                           "cancelled")))
 
 
-def create_app(pool: asyncpg.Pool, verifier: TokenVerifier, health: Health,
+def create_app(pool: asyncpg.Pool, locks: DeliveryLocks, verifier: TokenVerifier, health: Health,
                canceller: Canceller, publish_request: RequestPublisher,
                max_request_bytes: int, wake_schedule: Callable[[], None] = lambda: None,
                ) -> FastAPI:
@@ -176,7 +177,7 @@ def create_app(pool: asyncpg.Pool, verifier: TokenVerifier, health: Health,
         row = await visible_delivery(delivery_id, user)
         # Under the delivery's lock: after a fan-out in progress (the intake's, the
         # schedule's), so that a resume's fan-out always comes after it.
-        async with repository.delivery_lock(pool, delivery_id) as db:
+        async with locks.hold(delivery_id) as db:
             if row["paused_at"] is None and await repository.pause(db, delivery_id) is None:
                 raise HTTPException(409, "the delivery is cancelled or complete")
         return {"delivery_id": delivery_id, "state": "paused"}
@@ -184,7 +185,7 @@ def create_app(pool: asyncpg.Pool, verifier: TokenVerifier, health: Health,
     @app.post("/v1/deliveries/{delivery_id}/resume")
     async def resume(delivery_id: str, user: UserDep) -> dict[str, Any]:
         await visible_delivery(delivery_id, user)
-        async with repository.delivery_lock(pool, delivery_id) as db:
+        async with locks.hold(delivery_id) as db:
             resumed = await repository.resume(db, delivery_id)
         if resumed is not None:
             wake_schedule()  # what was taken out goes back into the queue at once

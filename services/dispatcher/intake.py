@@ -3,13 +3,13 @@
 import hashlib
 from datetime import UTC, datetime
 
-import asyncpg
 import structlog
 from aio_pika.abc import AbstractChannel
 
 from services.dispatcher import repository
 from services.dispatcher.decode import decode_request
 from services.dispatcher.fanout import FanOut, Unroutable
+from services.dispatcher.locks import DeliveryLocks
 from services.dispatcher.rejection import DUPLICATE_DELIVERY, UNKNOWN_ACCOUNT, Rejection
 from services.dispatcher.validate import prepare
 from shared.messages import (
@@ -46,9 +46,9 @@ class DeadLetters:
 
 
 class Intake:
-    def __init__(self, pool: asyncpg.Pool, fanout: FanOut, events: EventPublisher,
+    def __init__(self, locks: DeliveryLocks, fanout: FanOut, events: EventPublisher,
                  dead: DeadLetters, max_bytes: int) -> None:
-        self._pool = pool
+        self._locks = locks
         self._fanout = fanout
         self._events = events
         self._dead = dead
@@ -75,7 +75,7 @@ class Intake:
         sha256 = hashlib.sha256(request.canonical()).digest()
         urgent = request.priority == "high"
         scheduled = request.send_at is not None and request.send_at > datetime.now(UTC)
-        async with repository.delivery_lock(self._pool, request.delivery_id) as db:
+        async with self._locks.hold(request.delivery_id) as db:
             stored = await repository.get_delivery(db, request.delivery_id)
             if stored is not None and stored["request_sha256"] not in (
                     sha256, hashlib.sha256(body).digest()):

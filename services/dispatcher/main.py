@@ -5,7 +5,6 @@ import contextlib
 import functools
 from pathlib import Path
 
-import asyncpg
 import structlog
 from yarl import URL
 
@@ -14,9 +13,11 @@ from services.dispatcher.cancel import CancelIntake, Canceller
 from services.dispatcher.consumer import RequestConsumer
 from services.dispatcher.fanout import FanOut
 from services.dispatcher.intake import DeadLetters, Intake
+from services.dispatcher.locks import DeliveryLocks
 from services.dispatcher.schedule import Schedule
 from services.dispatcher.settings import DispatcherSettings
 from shared.auth import TokenVerifier
+from shared.db import connect
 from shared.http import Health, HttpServer
 from shared.messages import DeliveryRequest
 from shared.runtime import connected, stop_on_signals
@@ -44,7 +45,8 @@ async def serve(settings: DispatcherSettings) -> None:
         await topology.declare(confirmed)
         fanout = await FanOut.open(connection, topology, settings.fanout_window)
         events, dead = EventPublisher(confirmed, topology), DeadLetters(confirmed, topology)
-        intake = Intake(pool, fanout, events, dead, settings.max_request_bytes)
+        locks = DeliveryLocks(pool)
+        intake = Intake(locks, fanout, events, dead, settings.max_request_bytes)
         canceller = Canceller(pool, events)
         consuming = await connection.channel()
         await consuming.set_qos(prefetch_count=settings.request_prefetch)
@@ -67,9 +69,9 @@ async def serve(settings: DispatcherSettings) -> None:
         health.add_check("database", lambda: not pool.is_closing())
         health.add_check("consuming", lambda: consumer.consuming)
         dsn = settings.postgres_dsn.get_secret_value()
-        schedule = Schedule(pool, functools.partial(asyncpg.connect, dsn), fanout, canceller,
-                            settings.schedule_poll_s)
-        app = create_app(pool, verifier, health, canceller, publish_request,
+        schedule = Schedule(pool, locks, functools.partial(connect, dsn, settings.db_pooling),
+                            fanout, canceller, settings.schedule_poll_s)
+        app = create_app(pool, locks, verifier, health, canceller, publish_request,
                          settings.max_request_bytes, schedule.wake)
         server = HttpServer(app, settings.http_host, settings.http_port)
         stop = stop_on_signals()

@@ -1,7 +1,6 @@
 """Deliveries and their recipient rows, over asyncpg. The `accounts` table is read only."""
 
-from collections.abc import AsyncIterator, Sequence
-from contextlib import asynccontextmanager
+from collections.abc import Sequence
 from typing import Any, Literal, get_args
 
 import asyncpg
@@ -24,18 +23,6 @@ async def find_account(db: asyncpg.Connection, account_id: str | None) -> asyncp
         return None
     return await db.fetchrow(
         "SELECT id, personal, owner FROM accounts WHERE id = $1 AND deleted_at IS NULL", wanted)
-
-
-@asynccontextmanager
-async def delivery_lock(pool: asyncpg.Pool, delivery_id: str) -> AsyncIterator[asyncpg.Connection]:
-    """One dispatcher at a time per delivery id: a copy of the same request handled at once
-    by two consumers waits, then finds it accepted."""
-    async with pool.acquire() as db:
-        await db.execute("SELECT pg_advisory_lock(hashtext($1))", delivery_id)
-        try:
-            yield db
-        finally:
-            await db.execute("SELECT pg_advisory_unlock(hashtext($1))", delivery_id)
 
 
 async def get_delivery(db: asyncpg.Connection | asyncpg.Pool,

@@ -2,15 +2,17 @@
 the database.
 
 A delivery with a `send_at` in the future is stored and accepted at once, its recipients
-`scheduled`; nothing of it is in the broker. One dispatcher at a time owns the schedule (a
-session advisory lock on a connection of its own, outside the pool, so that it never takes
-one from the requests: when that dispatcher dies, its connection goes, the lock with it, and
-another one takes over within a poll). The owner fans out what
-is due with the fan-out of every delivery, under the delivery's own lock, so a request
-redelivered at the same moment cannot publish it twice. A restart loses nothing: what is due
-is read from the table. The owner also publishes the events of a cancel that was committed
-but never announced (cancel.py). A delivery that cannot be fanned out now is tried again
-after a backoff, never holding up the others.
+`scheduled`; nothing of it is in the broker. One dispatcher at a time owns the schedule: a
+transaction-level advisory lock in a transaction left open on a connection of its own,
+outside the pool, so that it never takes one from the requests. No session state, so a
+pooler in transaction mode keeps the transaction's server connection for it. When that
+dispatcher dies, its connection goes, the transaction and the lock with it, and another one
+takes over within a poll. The owner fans out what is due with the fan-out of every
+delivery, under the delivery's own lock, so a request redelivered at the same moment cannot
+publish it twice. A restart loses nothing: what is due is read from the table. The owner
+also publishes the events of a cancel that was committed but never announced (cancel.py).
+A delivery that cannot be fanned out now is tried again after a backoff, never holding up
+the others.
 """
 
 import asyncio
@@ -24,6 +26,7 @@ import structlog
 from services.dispatcher import repository
 from services.dispatcher.cancel import Canceller
 from services.dispatcher.fanout import FanOut, Unroutable
+from services.dispatcher.locks import DeliveryLocks
 
 log = structlog.get_logger(__name__)
 
@@ -33,10 +36,12 @@ RETRY_S = (5.0, 300.0)  # a delivery that could not be fanned out: first and lon
 
 
 class Schedule:
-    def __init__(self, pool: asyncpg.Pool, connect: Callable[[], Awaitable[asyncpg.Connection]],
+    def __init__(self, pool: asyncpg.Pool, locks: DeliveryLocks,
+                 connect: Callable[[], Awaitable[asyncpg.Connection]],
                  fanout: FanOut, canceller: Canceller, poll_s: float,
                  announce_after_s: float = 10.0) -> None:
         self._pool = pool
+        self._locks = locks
         self._connect = connect  # the lock holder's own connection
         self._fanout = fanout
         self._canceller = canceller
@@ -57,7 +62,8 @@ class Schedule:
             try:
                 holder = await self._connect()
                 try:
-                    got = await holder.fetchval("SELECT pg_try_advisory_lock($1)",
+                    await holder.execute("BEGIN")
+                    got = await holder.fetchval("SELECT pg_try_advisory_xact_lock($1)",
                                                 SCHEDULE_LOCK)
                     self.tries += 1
                     if got:
@@ -66,7 +72,7 @@ class Schedule:
                         await self._own(holder)
                 finally:
                     self.owner = False
-                    holder.terminate()  # the lock goes with the connection
+                    holder.terminate()  # the lock goes with the connection's transaction
             except asyncio.CancelledError:
                 raise
             except Exception:
@@ -75,7 +81,7 @@ class Schedule:
 
     async def _own(self, holder: asyncpg.Connection) -> None:
         while True:
-            # The lock lives as long as this connection: a lost one ends the ownership.
+            # The lock lives as long as this transaction: a lost one ends the ownership.
             await holder.fetchval("SELECT 1")
             self._wake.clear()
             while await self.fan_out_due() == BATCH:
@@ -115,7 +121,7 @@ class Schedule:
     async def _fan_out(self, delivery_id: str) -> bool:
         structlog.contextvars.clear_contextvars()
         structlog.contextvars.bind_contextvars(delivery_id=delivery_id)
-        async with repository.delivery_lock(self._pool, delivery_id) as db:
+        async with self._locks.hold(delivery_id) as db:
             row = await repository.get_delivery(db, delivery_id)
             if row is None or any(row[name] is not None for name in (
                     "fanned_out_at", "cancelled_at", "paused_at")):

@@ -369,7 +369,8 @@ async def _suppressions(args: argparse.Namespace, settings: OpsSettings, out: Te
 
 @contextlib.asynccontextmanager
 async def _pool(settings: OpsSettings) -> AsyncIterator[asyncpg.Pool]:
-    pool = await create_pool(settings.postgres_dsn.get_secret_value(), max_size=2)
+    pool = await create_pool(settings.postgres_dsn.get_secret_value(), max_size=2,
+                             pooling=settings.db_pooling)
     try:
         yield pool
     finally:

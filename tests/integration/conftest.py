@@ -8,7 +8,7 @@ import pytest
 from aio_pika.abc import AbstractRobustConnection
 from yarl import URL
 
-from shared.db import create_pool
+from shared.db import Pooling, create_pool
 from tests.conftest import required_env
 from tests.integration.accounts_fixtures import accounts_api  # noqa: F401 - a fixture
 from tests.integration.dispatcher_fixtures import dispatcher  # noqa: F401 - a fixture
@@ -41,8 +41,14 @@ async def amqp(amqp_url: str) -> AsyncIterator[AbstractRobustConnection]:
 
 
 @pytest.fixture
-async def pool(postgres_dsn: str) -> AsyncIterator[asyncpg.Pool]:
-    pool = await create_pool(postgres_dsn, max_size=5)
+def db_pooling() -> Pooling:
+    """What is between the tests and PostgreSQL (test_pgbouncer.py puts PgBouncer there)."""
+    return "session"
+
+
+@pytest.fixture
+async def pool(postgres_dsn: str, db_pooling: Pooling) -> AsyncIterator[asyncpg.Pool]:
+    pool = await create_pool(postgres_dsn, max_size=5, pooling=db_pooling)
     yield pool
     await pool.close()
 

@@ -21,10 +21,12 @@ from services.dispatcher.cancel import CancelIntake, Canceller
 from services.dispatcher.consumer import RequestConsumer
 from services.dispatcher.fanout import FanOut
 from services.dispatcher.intake import DeadLetters, Intake
+from services.dispatcher.locks import DeliveryLocks
 from services.dispatcher.main import MIGRATIONS
 from services.dispatcher.schedule import Schedule
 from shared.auth import TokenVerifier
-from shared.db import migrate
+from shared.db import Pooling, migrate
+from shared.db import connect as db_connect
 from shared.http import Health
 from shared.messages import DeliveryRequest
 from shared.topology import (
@@ -84,10 +86,12 @@ class Dispatcher:
     fanout: FanOut
     scheduling: asyncio.Task
     connect: Any  # a connection of its own, for a schedule
+    locks: DeliveryLocks
     amqp_user: str = "mail"
 
     def new_schedule(self) -> Schedule:
-        return Schedule(self.pool, self.connect, self.fanout, self.canceller, poll_s=0.2)
+        return Schedule(self.pool, self.locks, self.connect, self.fanout, self.canceller,
+                        poll_s=0.2)
 
     async def stop_schedule(self) -> None:
         self.scheduling.cancel()
@@ -125,7 +129,7 @@ class Dispatcher:
             message.user_id = self.amqp_user
             await publish(exchange, "delivery.request", message)
 
-        return create_app(self.pool, TokenVerifier("HS256", JWT_SECRET), Health(),
+        return create_app(self.pool, self.locks, TokenVerifier("HS256", JWT_SECRET), Health(),
                           self.canceller, publish_request, max_request_bytes=64 * 1024,
                           wake_schedule=self.schedule.wake)
 
@@ -140,7 +144,8 @@ class Dispatcher:
 
 @pytest.fixture
 async def dispatcher(pool: asyncpg.Pool, amqp: AbstractRobustConnection, unique: str,
-                     postgres_dsn: str, amqp_url: str) -> AsyncIterator[Dispatcher]:
+                     postgres_dsn: str, amqp_url: str,
+                     db_pooling: Pooling) -> AsyncIterator[Dispatcher]:
     await migrate_all(pool)
     # Short retry delays, so that the sender's tests see retries come back.
     topology = Topology(prefix=unique, retry_delays_s=(1, 2))
@@ -154,7 +159,8 @@ async def dispatcher(pool: asyncpg.Pool, amqp: AbstractRobustConnection, unique:
 
     fanout = await FanOut.open(amqp, topology, window=100)
     publisher, letters = EventPublisher(channel, topology), DeadLetters(channel, topology)
-    intake = Intake(pool, fanout, publisher, letters, max_bytes=32 * 1024 * 1024)
+    locks = DeliveryLocks(pool)
+    intake = Intake(locks, fanout, publisher, letters, max_bytes=32 * 1024 * 1024)
     canceller = Canceller(pool, publisher)
     consuming = await amqp.channel()
     await consuming.set_qos(prefetch_count=4)
@@ -162,11 +168,11 @@ async def dispatcher(pool: asyncpg.Pool, amqp: AbstractRobustConnection, unique:
     consumer = RequestConsumer(await consuming.get_queue(topology.requests_queue), intake,
                                CancelIntake(canceller, letters), frozenset({amqp_user}))
     await consumer.start()
-    connect = functools.partial(asyncpg.connect, postgres_dsn)
-    schedule = Schedule(pool, connect, fanout, canceller, poll_s=0.2, announce_after_s=0.5)
+    connect = functools.partial(db_connect, postgres_dsn, db_pooling)
+    schedule = Schedule(pool, locks, connect, fanout, canceller, poll_s=0.2, announce_after_s=0.5)
     scheduling = asyncio.create_task(schedule.run())
     stack = Dispatcher(pool, channel, topology, account_id, events, dead, consumer, canceller,
-                       schedule, fanout, scheduling, connect, amqp_user)
+                       schedule, fanout, scheduling, connect, locks, amqp_user)
     yield stack
     await stack.stop_schedule()
     await consumer.stop(10)

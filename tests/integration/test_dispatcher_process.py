@@ -10,6 +10,7 @@ import pytest
 from aio_pika.abc import AbstractRobustConnection
 
 from shared.auth import issue_token
+from shared.db import Pooling
 from shared.topology import Topology, make_message, open_confirmed_channel, publish
 from tests.conftest import eventually
 from tests.integration.amqp_helpers import receive
@@ -20,12 +21,13 @@ JWT_SECRET = "process-test-secret-of-32-bytes!!"
 
 
 @pytest.fixture
-async def dispatcher_process(amqp_url: str, postgres_dsn: str, pool: asyncpg.Pool,
-                             tmp_path: Path) -> AsyncIterator[ServiceProcess]:
+async def dispatcher_process(amqp_url: str, postgres_dsn: str, db_pooling: Pooling,
+                             pool: asyncpg.Pool, tmp_path: Path) -> AsyncIterator[ServiceProcess]:
     await migrate_all(pool)
     process = ServiceProcess("services.dispatcher", {
         "MAIL_AMQP_URL": amqp_url, "MAIL_POSTGRES_DSN": postgres_dsn,
-        "MAIL_JWT_SECRET": JWT_SECRET, "MAIL_FANOUT_WINDOW": "250"}, tmp_path / "dispatcher.log")
+        "MAIL_JWT_SECRET": JWT_SECRET, "MAIL_FANOUT_WINDOW": "250",
+        "MAIL_DB_POOLING": db_pooling}, tmp_path / "dispatcher.log")
     yield process
     await process.kill()
 

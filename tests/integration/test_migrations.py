@@ -4,7 +4,7 @@ from pathlib import Path
 import asyncpg
 import pytest
 
-from shared.db import SchemaTooOld, migrate, require_schema
+from shared.db import Pooling, SchemaTooOld, connect, migrate, require_schema
 
 
 def write_migrations(folder: Path, table: str) -> None:
@@ -31,12 +31,12 @@ async def test_migrations_run_twice_are_a_no_op(
 
 
 async def test_two_concurrent_runners_do_not_collide(
-    postgres_dsn: str, tmp_path: Path, unique: str
+    postgres_dsn: str, db_pooling: Pooling, tmp_path: Path, unique: str
 ) -> None:
     folder = tmp_path / "migrations"
     write_migrations(folder, unique)
-    first = await asyncpg.connect(postgres_dsn)
-    second = await asyncpg.connect(postgres_dsn)
+    first = await connect(postgres_dsn, db_pooling)
+    second = await connect(postgres_dsn, db_pooling)
     try:
         applied = await asyncio.gather(
             migrate(first, unique, folder), migrate(second, unique, folder)

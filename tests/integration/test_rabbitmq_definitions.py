@@ -43,6 +43,7 @@ from yarl import URL
 from services.config_svc.queues import AccountQueues
 from services.dispatcher.fanout import FanOut
 from services.dispatcher.intake import DeadLetters, Intake
+from services.dispatcher.locks import DeliveryLocks
 from services.dispatcher.rejection import INVALID_REQUEST, Rejection
 from services.ops import accounts as ops_accounts
 from services.ops import dead as ops_dead
@@ -450,7 +451,7 @@ async def test_the_dispatcher_fans_out_into_an_account_queue_declared_by_config_
     connection = await broker.connect("mail-dispatcher")
     confirmed = await open_confirmed_channel(connection)
     topology = Topology()
-    intake = Intake(pool, await FanOut.open(connection, topology, window=100),
+    intake = Intake(DeliveryLocks(pool), await FanOut.open(connection, topology, window=100),
                     EventPublisher(confirmed, topology), DeadLetters(confirmed, topology),
                     max_bytes=32 * 1024 * 1024)
     body = request_body(account_id=account_id)

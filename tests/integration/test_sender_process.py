@@ -25,7 +25,7 @@ from aiosmtpd.smtp import SMTP, Envelope, Session
 
 from services.sender.main import MIGRATIONS as SENDER_MIGRATIONS
 from services.sender.supervisor import STANDBY_DELAY_S, rendezvous_owner
-from shared.db import migrate
+from shared.db import Pooling, migrate
 from shared.topology import Topology, make_message, open_confirmed_channel, publish
 from tests.conftest import eventually
 from tests.integration.accounts_fixtures import KEY
@@ -56,6 +56,7 @@ class Harness:
     postgres_dsn: str
     unique: str
     log_dir: Path
+    db_pooling: str
     events: list[dict] = field(default_factory=list)  # every event on mail.events
     processes: list[ServiceProcess] = field(default_factory=list)
     replicas: list[str] = field(default_factory=list)
@@ -63,7 +64,7 @@ class Harness:
     def _service(self, name: str, module: str, env: dict[str, str]) -> ServiceProcess:
         process = ServiceProcess(module, {
             "MAIL_AMQP_URL": self.amqp_url, "MAIL_POSTGRES_DSN": self.postgres_dsn,
-            "MAIL_LOG_LEVEL": LOG_LEVEL, **env,
+            "MAIL_LOG_LEVEL": LOG_LEVEL, "MAIL_DB_POOLING": self.db_pooling, **env,
         }, self.log_dir / f"{name}.log", name=name)
         self.processes.append(process)
         return process
@@ -168,7 +169,8 @@ class Harness:
 
 @pytest.fixture
 async def harness(pool: asyncpg.Pool, amqp: AbstractRobustConnection, amqp_url: str,
-                  postgres_dsn: str, unique: str, tmp_path: Path) -> AsyncIterator[Harness]:
+                  postgres_dsn: str, db_pooling: Pooling, unique: str,
+                  tmp_path: Path) -> AsyncIterator[Harness]:
     await migrate_all(pool)
     async with pool.acquire() as db:
         await migrate(db, "sender", SENDER_MIGRATIONS)
@@ -179,7 +181,8 @@ async def harness(pool: asyncpg.Pool, amqp: AbstractRobustConnection, amqp_url: 
     topology = Topology()  # the processes use the contract's names
     channel = await open_confirmed_channel(amqp)
     await topology.declare(channel)
-    harness = Harness(pool, channel, topology, amqp_url, postgres_dsn, unique, tmp_path)
+    harness = Harness(pool, channel, topology, amqp_url, postgres_dsn, unique, tmp_path,
+                      db_pooling)
 
     events = await channel.declare_queue(exclusive=True)
     await events.bind(topology.events_exchange, routing_key="#")
