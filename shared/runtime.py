@@ -9,12 +9,12 @@ from contextlib import asynccontextmanager
 from pathlib import Path
 from typing import TypeVar
 
-import aio_pika
 import asyncpg
 import structlog
 from aio_pika.abc import AbstractRobustConnection
 from pydantic import SecretStr
 
+from shared.broker import connect_robust
 from shared.db import create_pool, migrate_service, require_schema
 from shared.logging import configure_logging, register_secret
 from shared.settings import ServiceSettings
@@ -67,7 +67,7 @@ async def connected(
         async with pool.acquire() as db:
             for service, folder in schemas.items():
                 await require_schema(db, service, folder)
-        connection = await aio_pika.connect_robust(
+        connection = await connect_robust(
             settings.amqp_url.get_secret_value(),
             client_properties={"connection_name": connection_name})
         async with connection:

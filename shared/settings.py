@@ -15,7 +15,8 @@ class ServiceSettings(BaseSettings):
 
     amqp_url: SecretStr = Field(
         SecretStr("amqp://mail:mail@127.0.0.1:5672/mail"),
-        description="RabbitMQ connection URL (vhost included).",
+        description="RabbitMQ connection URL (vhost included); several, comma-separated, for "
+        "the nodes of a cluster (a lost connection reconnects to the next).",
     )
     postgres_dsn: SecretStr = Field(
         SecretStr("postgresql://mail:mail@127.0.0.1:5432/mail"),

@@ -3,6 +3,8 @@
 bounce mailboxes) whose data live in DIR.
 
     stack.py up --dir DIR [--ports default|free]
+    stack.py cluster-up --dir DIR [--nodes 3] [--ports default|free]   (RabbitMQ only)
+    stack.py kill-node|stop-node|start-node --dir DIR --node N     (N from 1)
     stack.py down --dir DIR
     stack.py restart-rabbitmq --dir DIR
     stack.py restart-postgres --dir DIR
@@ -171,6 +173,7 @@ class Stack:
             home = Path(self.pg_home_record.read_text().strip())
         self.pgdata = home / "postgres"
         self.pgrun = home / "postgres-run"  # unix socket and log, owned by postgres
+        self.home = self.rabbit / "home"  # the Erlang cookie, one for a cluster's nodes
         try:
             self.ports = json.loads((self.dir / "ports.json").read_text())
         except (OSError, ValueError):
@@ -187,10 +190,18 @@ class Stack:
             path.chmod(0o600)
         return path.read_text().strip()
 
-    def choose_ports(self, mode, held_by_us):
+    def rabbit_nodes(self):
+        """The RabbitMQ nodes: this stack's own, then those `cluster-up` added."""
+        try:
+            count = int((self.dir / "rabbit-nodes").read_text())
+        except (OSError, ValueError):
+            count = 1
+        return [self] + [Node(self, n) for n in range(2, count + 1)]
+
+    def choose_ports(self, mode, held_by_us, names=PORT_NAMES):
         """Saved port if still free (or held by our own server), else the default, else any."""
         ports = {}
-        for name in PORT_NAMES:
+        for name in names:
             saved = self.ports.get(name)
             if saved and (name in held_by_us or port_is_free(saved)):
                 ports[name] = saved
@@ -206,6 +217,22 @@ class Stack:
         (self.dir / "ports.json").write_text(json.dumps(ports, indent=2) + "\n")
 
 
+class Node:
+    """RabbitMQ node n (from 2) of a stack's cluster, beside the stack's own (node 1)."""
+
+    def __init__(self, stack, n):
+        self.stack, self.n = stack, n
+        self.rabbit = stack.dir / f"rabbitmq-{n}"
+        self.node = f"mail-{stack.digest}-{n}@localhost"
+        self.home = stack.home  # the same cookie
+
+    @property
+    def ports(self):
+        p = self.stack.ports
+        return {"amqp": p[f"amqp-{self.n}"], "management": p[f"management-{self.n}"],
+                "dist": p[f"dist-{self.n}"], "epmd": p["epmd"]}
+
+
 # --- RabbitMQ ---
 
 
@@ -213,7 +240,7 @@ def rabbit_env(stack):
     # Drop inherited RabbitMQ/Erlang settings: everything this node uses is set here.
     env = {k: v for k, v in os.environ.items() if not k.startswith(("RABBITMQ_", "ERL_"))}
     r = stack.rabbit
-    env["HOME"] = str(r / "home")  # the Erlang cookie, shared by the server and rabbitmqctl
+    env["HOME"] = str(stack.home)  # the Erlang cookie, shared by the server and rabbitmqctl
     env["RABBITMQ_NODENAME"] = stack.node
     env["RABBITMQ_MNESIA_BASE"] = str(r / "mnesia")
     env["RABBITMQ_LOG_BASE"] = str(r / "log")
@@ -292,8 +319,9 @@ def start_epmd(stack):
 def start_rabbit(stack):
     """Start the node in the background in its own session (setsid) and record its pid."""
     r, p = stack.rabbit, stack.ports
-    for sub in ("home", "mnesia", "log", "conf.d"):
+    for sub in ("mnesia", "log", "conf.d"):
         (r / sub).mkdir(parents=True, exist_ok=True)
+    stack.home.mkdir(parents=True, exist_ok=True)
     (r / "rabbitmq.conf").write_text(
         f"listeners.tcp.default = 127.0.0.1:{p['amqp']}\n"
         f"management.tcp.ip = 127.0.0.1\nmanagement.tcp.port = {p['management']}\n"
@@ -675,10 +703,92 @@ def cmd_up(stack, mode):
 
 def cmd_down(stack):
     if stack.dir.is_dir():
-        stop_rabbit(stack)
+        for node in reversed(stack.rabbit_nodes()):
+            stop_rabbit(node)
         stop_epmd(stack)
         stop_postgres(stack)
         stop_dovecot(stack)
+
+
+def cluster_members(stack):
+    status = json.loads(ctl(stack, "cluster_status", "--formatter", "json"))
+    return set(status.get("disk_nodes", [])) | set(status.get("ram_nodes", []))
+
+
+def cmd_cluster_up(stack, mode, count):
+    """A RabbitMQ cluster of `count` nodes on loopback, for the cluster tests: node 1 is the
+    stack's own, the others join it (as 3.10 needs: stop_app, reset, join_cluster)."""
+    ensure_packages()
+    stack.dir.mkdir(parents=True, exist_ok=True)
+    stack.rabbit.mkdir(exist_ok=True)
+    (stack.dir / "rabbit-nodes").write_text(f"{count}\n")
+    password = stack.password()
+    nodes = stack.rabbit_nodes()
+    names = ["amqp", "management", "dist", "epmd"] + [
+        f"{name}-{n}" for n in range(2, count + 1) for name in ("amqp", "management", "dist")]
+    held = {name for node in nodes if rabbit_pid(node)
+            for name in (("amqp", "management", "dist") if node is stack else
+                         (f"amqp-{node.n}", f"management-{node.n}", f"dist-{node.n}"))}
+    held |= {"epmd"} if epmd_pids(stack) else set()
+    stack.choose_ports(mode, held, names)
+    try:
+        for node in nodes:  # they boot side by side
+            node.rabbit.mkdir(exist_ok=True)
+            if not rabbit_pid(node):
+                start_rabbit(node)
+        for node in nodes:
+            wait_rabbit_ready(node)
+        setup_rabbit_users(stack, password)
+        members = cluster_members(stack)
+        for node in nodes[1:]:
+            if node.node not in members:
+                ctl(node, "stop_app")
+                ctl(node, "reset")
+                ctl(node, "join_cluster", stack.node, timeout=TIMEOUT)
+                ctl(node, "start_app", timeout=TIMEOUT)
+                ctl(node, "await_startup", "--timeout", str(TIMEOUT), timeout=TIMEOUT + 10)
+    except StackError:
+        print("stack: start failed, stopping what runs", file=sys.stderr)
+        cmd_down(stack)
+        raise
+    urls = [f"amqp://mail:{password}@127.0.0.1:{node.ports['amqp']}/mail" for node in nodes]
+    consoles = [f"http://127.0.0.1:{node.ports['management']}/" for node in nodes]
+    path = stack.dir / "env"
+    path.write_text(
+        f"MAIL_AMQP_URL={','.join(urls)}\n"
+        f"MAIL_RABBITMQ_MANAGEMENT_URLS={','.join(consoles)}\n"
+        f"MAIL_RABBITMQ_NODES={','.join(node.node for node in nodes)}\n"
+        f"MAIL_STACK_DIR={stack.dir}\n")
+    path.chmod(0o600)
+    for node, console in zip(nodes, consoles, strict=True):
+        print(f"RabbitMQ    {node.node}  amqp://mail@127.0.0.1:{node.ports['amqp']}/mail  "
+              f"console {console}")
+
+
+def the_node(stack, n):
+    nodes = stack.rabbit_nodes()
+    if not 1 <= n <= len(nodes) or not stack.ports:
+        raise StackError(f"no RabbitMQ node {n} in {stack.dir}")
+    return nodes[n - 1]
+
+
+def cmd_kill_node(stack, n):
+    """SIGKILL of the node's whole process group: a crash, nothing written on the way out."""
+    node = the_node(stack, n)
+    pid = rabbit_pid(node)
+    if pid:
+        with contextlib.suppress(ProcessLookupError):
+            os.killpg(pid, signal.SIGKILL)
+        if not wait_until(lambda: not group_alive(pid), 20):
+            raise StackError(f"RabbitMQ node {n} does not die")
+    (node.rabbit / "server.pid").unlink(missing_ok=True)
+
+
+def cmd_start_node(stack, n):
+    node = the_node(stack, n)
+    if not rabbit_pid(node):
+        start_rabbit(node)  # a member already: it rejoins its cluster on its own
+    wait_rabbit_ready(node)
 
 
 def cmd_restart_rabbitmq(stack):
@@ -721,9 +831,12 @@ def main():
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("command",
                         choices=("up", "down", "restart-rabbitmq", "restart-postgres", "status",
-                                 "purge", "browser"))
+                                 "purge", "browser", "cluster-up", "kill-node", "stop-node",
+                                 "start-node"))
     parser.add_argument("--dir", required=True, help="folder holding the stack's data")
     parser.add_argument("--ports", choices=("default", "free"), default="default")
+    parser.add_argument("--nodes", type=int, default=3, help="cluster-up: how many nodes")
+    parser.add_argument("--node", type=int, default=1, help="kill/stop/start-node: which")
     args = parser.parse_args()
     stack = Stack(args.dir)
     try:
@@ -738,6 +851,14 @@ def main():
             cmd_up(stack, args.ports)
         elif args.command == "down":
             cmd_down(stack)
+        elif args.command == "cluster-up":
+            cmd_cluster_up(stack, args.ports, args.nodes)
+        elif args.command == "kill-node":
+            cmd_kill_node(stack, args.node)
+        elif args.command == "stop-node":
+            stop_rabbit(the_node(stack, args.node))
+        elif args.command == "start-node":
+            cmd_start_node(stack, args.node)
         elif args.command == "restart-rabbitmq":
             cmd_restart_rabbitmq(stack)
         elif args.command == "restart-postgres":

@@ -6,7 +6,6 @@ import functools
 from pathlib import Path
 
 import structlog
-from yarl import URL
 
 from services.dispatcher.api import create_app
 from services.dispatcher.cancel import CancelIntake, Canceller
@@ -17,6 +16,7 @@ from services.dispatcher.locks import DeliveryLocks
 from services.dispatcher.schedule import Schedule
 from services.dispatcher.settings import DispatcherSettings
 from shared.auth import TokenVerifier
+from shared.broker import broker_user
 from shared.db import connect
 from shared.http import Health, HttpServer
 from shared.messages import DeliveryRequest
@@ -51,7 +51,7 @@ async def serve(settings: DispatcherSettings) -> None:
         consuming = await connection.channel()
         await consuming.set_qos(prefetch_count=settings.request_prefetch)
         queue = await consuming.get_queue(topology.requests_queue)
-        own_user = URL(settings.amqp_url.get_secret_value()).user or "guest"
+        own_user = broker_user(settings.amqp_url.get_secret_value())
         consumer = RequestConsumer(queue, intake, CancelIntake(canceller, dead),
                                    settings.bypass_users(own_user))
         requests = await confirmed.get_exchange(topology.requests_exchange, ensure=False)

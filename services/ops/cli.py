@@ -26,7 +26,6 @@ from dataclasses import asdict
 from datetime import datetime
 from typing import Any, TextIO
 
-import aio_pika
 import asyncpg
 import orjson
 from aio_pika.abc import AbstractConnection
@@ -37,6 +36,7 @@ from services.ops import accounts as ops_accounts
 from services.ops import dead as ops_dead
 from services.ops.accounts import OpsError
 from shared.addresses import check_address
+from shared.broker import Nodes
 from shared.crypto import UndecryptableSecret, parse_keys
 from shared.db import create_pool
 from shared.logging import configure_logging, register_secret
@@ -381,9 +381,8 @@ async def _pool(settings: OpsSettings) -> AsyncIterator[asyncpg.Pool]:
 async def _broker(settings: OpsSettings) -> AsyncIterator[AbstractConnection]:
     # Not robust: a one-shot tool reports a lost connection rather than carrying on with a
     # new channel that holds none of the messages it read.
-    connection = await aio_pika.connect(
-        settings.amqp_url.get_secret_value(), timeout=15,
-        client_properties={"connection_name": "ops-cli"})
+    connection = await Nodes(settings.amqp_url.get_secret_value()).connect(
+        timeout=15, client_properties={"connection_name": "ops-cli"})
     try:
         yield connection
     finally:

@@ -20,10 +20,10 @@ from collections.abc import Awaitable, Callable
 from dataclasses import dataclass, field
 from typing import Any
 
-import aio_pika
 import structlog
 from aio_pika.abc import AbstractChannel, AbstractConnection, AbstractQueue
 
+from shared.broker import Nodes
 from shared.topology import Topology
 
 log = structlog.get_logger(__name__)
@@ -65,7 +65,7 @@ class _Slot:
 class ConsumerChannels:
     def __init__(self, url: str, name: str, topology: Topology, per_channel: int,
                  on_lost: LostHook) -> None:
-        self._url = url
+        self._nodes = Nodes(url)  # after a loss, the next node of a cluster first
         self._name = name
         self._topology = topology
         self._per_channel = per_channel
@@ -183,8 +183,8 @@ class ConsumerChannels:
 
     async def _connect(self) -> None:
         self._slots = []
-        connection = await aio_pika.connect(
-            self._url, client_properties={"connection_name": self._name})
+        connection = await self._nodes.connect(
+            client_properties={"connection_name": self._name})
         connection.close_callbacks.add(self._lost_connection)
         self._connection = connection
         log.info("consumers' connection open")
