@@ -59,12 +59,13 @@ class FanOut:
         if self._exchange is None:
             self._exchange = await self._channel.get_exchange(self._topology.send_exchange)
         await repository.release_scheduled(db, delivery_id)
-        pending = await repository.not_queued(db, delivery_id)
         key = self._topology.send_key(account_id, urgent)
-        for start in range(0, len(pending), self._window):
-            window = pending[start:start + self._window]
+        published, after = 0, -1
+        while window := await repository.not_queued(db, delivery_id, after, self._window):
             await self._publish_window(db, delivery_id, account_id, key, window)
-        return len(pending)
+            published += len(window)
+            after = window[-1]["idx"]
+        return published
 
     async def require_queue(self, account_id: str, urgent: bool = False) -> None:
         """config_svc declares an account's queues; the dispatcher only checks that the one
@@ -91,16 +92,19 @@ class FanOut:
         ]
         headers = {"delivery_id": delivery_id, "account_id": account_id}
         assert self._exchange is not None
+        underlay = await self._channel.get_underlay_channel()
         async with self._lock, db.transaction():
             await repository.mark_queued(db, delivery_id, [job.index for job in jobs])
             transaction = self._channel.transaction()
             await transaction.select()
             for job in jobs:
-                await self._exchange.publish(
-                    make_message(job, message_id=job.job_id, headers=headers,
-                                 type_="mail.send"),
-                    routing_key=key, mandatory=True,
-                )
+                message = make_message(job, message_id=job.job_id, headers=headers,
+                                       type_="mail.send")
+                # Without waiting for each frame to be written: the commit below is queued
+                # after them on the same channel, and its commit-ok says the broker has all.
+                await underlay.basic_publish(
+                    message.body, exchange=self._exchange.name, routing_key=key,
+                    properties=message.properties, mandatory=True, wait=False)
             await transaction.commit()
             returned = self._returned & {job.job_id for job in jobs}
             self._returned -= returned

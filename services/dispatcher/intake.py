@@ -95,6 +95,11 @@ class Intake:
                         db, [r.email for r in prepared.recipients]))
                 left_out = await repository.store(db, prepared, sha256, scheduled, suppressed)
                 account_id, total = prepared.account_id, len(prepared.recipients)
+                # The recipients are in the database now; the fan-out reads them back a
+                # window at a time. Without them here, a large request's peak memory is
+                # its decoding's, not that plus the fan-out's.
+                del prepared
+                request = request.model_copy(update={"recipients": []})
             else:  # redelivered after a crash half-way: publish only what is not queued yet
                 account_id, total = str(stored["account_id"]), stored["total"]
                 left_out = stored["suppressed"]

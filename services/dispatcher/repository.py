@@ -114,12 +114,14 @@ async def release_scheduled(db: asyncpg.Connection, delivery_id: str) -> None:
         "WHERE delivery_id = $1 AND state = 'scheduled'", delivery_id)
 
 
-async def not_queued(db: asyncpg.Connection, delivery_id: str) -> list[asyncpg.Record]:
-    """Recipients whose job the broker has not yet confirmed, in order."""
+async def not_queued(db: asyncpg.Connection, delivery_id: str, after: int,
+                     limit: int) -> list[asyncpg.Record]:
+    """Up to `limit` recipients after index `after` whose job the broker has not yet
+    confirmed, in order: a window at a time, so that 100,000 rows are never in memory."""
     return await db.fetch(
         "SELECT idx, email, name, vars FROM delivery_recipients "
-        "WHERE delivery_id = $1 AND state = 'new' ORDER BY idx",
-        delivery_id,
+        "WHERE delivery_id = $1 AND state = 'new' AND idx > $2 ORDER BY idx LIMIT $3",
+        delivery_id, after, limit,
     )
 
 

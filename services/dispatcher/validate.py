@@ -131,5 +131,7 @@ def prepare(request: DeliveryRequest, account: Mapping[str, Any] | None) -> Prep
         if key in seen:
             continue  # the same address twice in one request is sent once
         seen.add(key)
-        recipients.append(Recipient(email=email, name=recipient.name, vars=recipient.vars))
+        # The request's own object when nothing changed: 100,000 copies cost ~30 MB.
+        recipients.append(recipient if email == recipient.email else Recipient(
+            email=email, name=recipient.name, vars=recipient.vars))
     return PreparedDelivery(request, account_id, recipients)

@@ -34,7 +34,8 @@ class SenderSettings(ServiceSettings):
         300.0, gt=0, description="POP before SMTP is repeated when the last login is older."
     )
     lease_ttl_s: float = Field(
-        120.0, gt=0, description="How long an account's send lease outlives a dead sender."
+        8.0, gt=0, description="How long an account's send lease outlives a dead sender (a "
+        "longer send renews it): the longest a dead replica's account waits for another.",
     )
     lease_hold_s: float = Field(
         5.0, gt=0,

@@ -8,6 +8,7 @@ to see every recipient settled there.
 """
 
 import asyncio
+import itertools
 import os
 import time
 import uuid
@@ -24,6 +25,7 @@ from aio_pika.abc import AbstractChannel, AbstractIncomingMessage, AbstractRobus
 from aiosmtpd.smtp import SMTP, Envelope, Session
 
 from services.sender.main import MIGRATIONS as SENDER_MIGRATIONS
+from services.sender.settings import SenderSettings
 from services.sender.supervisor import STANDBY_DELAY_S, rendezvous_owner
 from shared.db import Pooling, migrate
 from shared.topology import Topology, make_message, open_confirmed_channel, publish
@@ -286,6 +288,60 @@ async def test_a_standby_replica_subscribes_to_an_account_it_does_not_own_within
             print("the standby never subscribed while the owner lives:",  # shown on failure
                   await standby.metric("mail_sender_consumers"), harness.logs())
             raise
+
+
+async def test_a_dead_replicas_accounts_send_again_from_the_other_within_seconds(
+    harness: Harness,
+) -> None:
+    """Issue 16 §3: with the default lease, every account the killed replica was sending for
+    is sending again from the other within 10 s; nothing twice beyond the mails in flight,
+    no pause under the interval."""
+    interval_ms, accounts, per = 400, 12, 40
+    default_ttl = str(SenderSettings.model_fields["lease_ttl_s"].default)
+    async with smtp_server() as server:
+        ids = [await harness.account(server, interval_ms) for _ in range(accounts)]
+        senders = {harness.replica_id(name): harness.sender(
+            name, env={"MAIL_LEASE_TTL_S": default_ttl}) for name in ("a", "b")}
+        await asyncio.gather(harness.dispatcher().start(),
+                             *(sender.start() for sender in senders.values()))
+        prefixes = {account_id: f"r{i}-" for i, account_id in enumerate(ids)}
+        deliveries = [await harness.publish_delivery(account_id, per, prefix=prefixes[account_id])
+                      for account_id in ids]
+
+        def account_of(rcpt: str) -> str:
+            return next(a for a, p in prefixes.items() if rcpt.startswith(p))
+
+        async def every_account_sending() -> bool:
+            return {account_of(m.rcpt_tos[0]) for m in server.messages} == set(ids)
+
+        await eventually(every_account_sending, timeout=30)
+        holders = {str(row["account_id"]): row["lease_owner"].rpartition("/")[0]
+                   for row in await harness.pool.fetch(
+                       "SELECT account_id, lease_owner FROM account_runtime "
+                       "WHERE account_id = ANY($1::uuid[]) AND lease_owner IS NOT NULL", ids)}
+        victim = Counter(holders.values()).most_common(1)[0][0]
+        orphaned = {a for a, holder in holders.items() if holder == victim}
+        killed_at = time.monotonic()
+        await senders[victim].kill()
+        for delivery_id, _ in deliveries:
+            await harness.wait_all_sent(delivery_id, per, timeout=90)
+
+    resumed = {}
+    for account_id in orphaned:
+        after = [m.started_at for m in server.messages
+                 if m.started_at > killed_at and account_of(m.rcpt_tos[0]) == account_id]
+        resumed[account_id] = min(after) - killed_at
+    print(f"{len(orphaned)} accounts of the killed replica; sending again after "
+          f"{sorted(round(s, 1) for s in resumed.values())} s")
+    assert orphaned and max(resumed.values()) < 10, harness.logs()
+    counts = rcpt_counts(server)
+    assert sum(counts.values()) - len(counts) <= len(orphaned)  # the mails in flight
+    assert len(counts) == accounts * per
+    for account_id, prefix in prefixes.items():
+        mine = [m for m in server.messages if m.rcpt_tos[0].startswith(prefix)]
+        short = [b.started_at - a.ended_at for a, b in itertools.pairwise(mine)
+                 if b.started_at - a.ended_at < interval_ms / 1000]
+        assert not short, f"pauses under the interval for {account_id}: {short}"
 
 
 async def test_a_sender_killed_mid_delivery_and_restarted_sends_everything_once(
