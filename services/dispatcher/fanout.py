@@ -94,7 +94,7 @@ class FanOut:
         assert self._exchange is not None
         underlay = await self._channel.get_underlay_channel()
         async with self._lock, db.transaction():
-            await repository.mark_queued(db, delivery_id, [job.index for job in jobs])
+            await repository.mark_queued(db, delivery_id, jobs[0].index, jobs[-1].index)
             transaction = self._channel.transaction()
             await transaction.select()
             for job in jobs:

@@ -125,11 +125,16 @@ async def not_queued(db: asyncpg.Connection, delivery_id: str, after: int,
     )
 
 
-async def mark_queued(db: asyncpg.Connection, delivery_id: str, indexes: Sequence[int]) -> None:
+async def mark_queued(db: asyncpg.Connection, delivery_id: str, first: int, last: int) -> None:
+    """A window of `not_queued`: every recipient still `new` from `first` to `last`.
+
+    A range of the primary key, not `idx = ANY(...)`: for that, once PostgreSQL's plan for
+    the prepared statement turned generic, it scanned every recipient of the delivery still
+    `new` at each window (0.4 s a window at the start of 100,000 instead of 0.01 s)."""
     await db.execute(
         "UPDATE delivery_recipients SET state = 'queued', queued_at = now(), updated_at = now() "
-        "WHERE delivery_id = $1 AND idx = ANY($2::int[]) AND state = 'new'",
-        delivery_id, list(indexes),
+        "WHERE delivery_id = $1 AND idx BETWEEN $2 AND $3 AND state = 'new'",
+        delivery_id, first, last,
     )
 
 
