@@ -33,6 +33,9 @@ log = structlog.get_logger(__name__)
 SETTINGS_FAULTS = frozenset({"auth", "tls", "sender_refused", "pop", "account", "secret",
                              "connect"})
 STANDBY_DELAY_S = 2.0
+# A replica seen this long (its own accounts subscribed) gets back the accounts that
+# rendezvous hashing gives it from the replica that stood in while it was away.
+HAND_BACK_AFTER_S = 10.0
 SUBSCRIBE_AT_ONCE = 32  # accounts being subscribed at the same time
 HEARTBEAT_S = 5.0
 FIRST_RECOVERY_S = 0.2
@@ -63,6 +66,7 @@ class Supervisor:
         self._probes: dict[str, asyncio.Task] = {}
         self._tasks: set[asyncio.Task] = set()
         self._pending_standby: set[str] = set()
+        self._first_seen: dict[str, float] = {}  # replica -> when this one first saw it live
         self._stopping = False
         self.started = False
 
@@ -134,6 +138,7 @@ class Supervisor:
         wanted = {str(row["id"]): row for row in rows
                   if not row["paused"] and row["paused_reason"] is None}
         replicas = await self._live_replicas()
+        settled = self._settled_replicas(replicas)
         later = []
         pending = self._pending_standby
         failed = 0
@@ -148,6 +153,14 @@ class Supervisor:
             live = {str(row["id"]) for row in rows}
             for account_id in known:
                 worker = self.workers.get(account_id)
+                if worker is not None and account_id in wanted and self._hands_back(
+                        worker, replicas, settled):
+                    # Between its sends or during one, the lease covers the hand-over: the
+                    # owner's first send waits for it (and for the pause) to end.
+                    # Subscribed again below, behind the owner's waiting consumer: a standby.
+                    await self._unsubscribe(worker)
+                    log.info("handing the account back to its owner", account_id=account_id)
+                    continue
                 if account_id in wanted or worker is None:
                     continue
                 if worker.consumer_tag is not None:
@@ -244,6 +257,7 @@ class Supervisor:
         worker.paused = False
         worker.consuming = True
         worker.gate = gate
+        worker.delivered = False
         try:
             worker.queue, worker.consumer_tag = await self._consumers.consume(
                 account_id, worker.on_message)
@@ -475,6 +489,23 @@ class Supervisor:
                 await self._heartbeat()
             except Exception:
                 log.exception("heartbeat failed")
+
+    def _settled_replicas(self, replicas: list[str]) -> list[str]:
+        """The live replicas seen for HAND_BACK_AFTER_S at least (this one always)."""
+        now = asyncio.get_running_loop().time()
+        self._first_seen = {r: self._first_seen.get(r, now) for r in replicas}
+        me = self._parts.settings.replica_id
+        return [r for r in replicas
+                if r == me or now - self._first_seen[r] >= HAND_BACK_AFTER_S]
+
+    def _hands_back(self, worker: AccountWorker, replicas: list[str],
+                    settled: list[str]) -> bool:
+        """This replica is the active consumer of an account that another replica owns, one
+        seen long enough to be subscribed to it."""
+        if worker.consumer_tag is None or not worker.delivered:
+            return False
+        owner = rendezvous_owner(worker.account_id, replicas)
+        return owner != self._parts.settings.replica_id and owner in settled
 
     async def _live_replicas(self) -> list[str]:
         rows = await self._parts.pool.fetch(

@@ -139,6 +139,7 @@ class AccountWorker:
         self.gate: asyncio.Event | None = None
         self.queue: AbstractQueue | None = None
         self.consumer_tag: str | None = None
+        self.delivered = False  # a job came since the consumer was made
         self.busy = asyncio.Lock()
 
     @property
@@ -197,6 +198,7 @@ class AccountWorker:
     # -- the edge -------------------------------------------------------------------------
 
     async def on_message(self, message: AbstractIncomingMessage, urgent: bool = False) -> None:
+        self.delivered = True  # the active consumer of its queues (a standby is given none)
         await self._shielded(message, None, urgent)
 
     def standing_in(self, home: Any) -> Callable[[AbstractIncomingMessage, bool],

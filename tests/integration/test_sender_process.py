@@ -344,6 +344,53 @@ async def test_a_dead_replicas_accounts_send_again_from_the_other_within_seconds
         assert not short, f"pauses under the interval for {account_id}: {short}"
 
 
+async def test_a_replica_back_from_a_rolling_update_gets_its_accounts_back_within_a_minute(
+    harness: Harness,
+) -> None:
+    """Issue 16 §3: the other replica stood in while the owner was away; when the owner is
+    back it hands the account over, while it holds an unacked job waiting out its pause
+    (prefetch 1): the lease makes the owner's first send wait, nothing is sent twice and no
+    pause is shorter than the interval."""
+    interval_ms, total = 300, 120
+    async with smtp_server() as server:
+        account_id = await harness.account(server, interval_ms)
+        owner_name, stand_in_name = harness.by_rendezvous(account_id, "a", "b")
+        stand_in = harness.sender(stand_in_name)
+        await asyncio.gather(harness.dispatcher().start(), stand_in.start())
+        delivery_id, emails = await harness.publish_delivery(account_id, total)
+        await server.wait_until(lambda: len(server.messages) >= 5, timeout=30)
+
+        async def holder() -> str | None:
+            value = await harness.pool.fetchval(
+                "SELECT lease_owner FROM account_runtime WHERE account_id = $1", account_id)
+            return value.rpartition("/")[0] if value else None
+
+        assert await holder() == harness.replica_id(stand_in_name)
+        back_at = time.monotonic()
+        owner = harness.sender(owner_name)
+        await owner.start()
+
+        async def owner_sending() -> bool:
+            return await holder() == harness.replica_id(owner_name)
+
+        await eventually(owner_sending, timeout=60)
+        handed_back_after = time.monotonic() - back_at
+        at_hand_over = len(server.messages)
+        assert at_hand_over < total, "everything was sent before the hand-over"
+        await harness.wait_all_sent(delivery_id, total, timeout=90)
+
+    print(f"the owner sending again {handed_back_after:.1f} s after it came back, "
+          f"after {at_hand_over} of {total} mails")
+    assert rcpt_counts(server) == Counter(emails), harness.logs()
+    too_short = [round(gap, 4) for gap in gaps(server) if gap < interval_ms / 1000]
+    assert not too_short, f"pauses under {interval_ms} ms between mails: {too_short}"
+    # Two SMTP sessions: the stand-in's, then the owner's, and no going back.
+    connections = [m.connection for m in server.messages]
+    switches = sum(1 for a, b in itertools.pairwise(connections) if a != b)
+    assert switches == 1, connections
+    assert stand_in.running and owner.running
+
+
 async def test_a_sender_killed_mid_delivery_and_restarted_sends_everything_once(
     harness: Harness,
 ) -> None:
