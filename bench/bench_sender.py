@@ -35,6 +35,7 @@ it found live are soft-deleted for the run (a sender serves every live account) 
 import argparse
 import asyncio
 import contextlib
+import dataclasses
 import math
 import os
 import sys
@@ -1070,6 +1071,9 @@ BENCHMARKS = ("throughput", "pacing", "latency")
 
 async def run(args: argparse.Namespace) -> None:
     sizes = QUICK if args.quick else FULL
+    if args.accounts or args.interval_ms:  # 2. pacing on other numbers (issue 16 §3)
+        sizes = dataclasses.replace(sizes, accounts=args.accounts or sizes.accounts,
+                                    interval_ms=args.interval_ms or sizes.interval_ms)
     only = set(args.only or BENCHMARKS)
     bench = Bench(sizes)
     try:
@@ -1109,6 +1113,10 @@ def main() -> None:
     parser.add_argument("--wait-quiet", type=float, default=0, metavar="SECONDS",
                         help="before each benchmark, wait up to this long for the machine to "
                         "be less than 15%% busy with other work (default: do not wait)")
+    parser.add_argument("--accounts", type=int, metavar="N",
+                        help="2. pacing: this many accounts (default 500, quick 100)")
+    parser.add_argument("--interval-ms", type=int, metavar="MS",
+                        help="2. pacing: each account's interval (default 1,000)")
     parser.add_argument("--sends-csv", metavar="PATH",
                         help="2. pacing: also write every `sent` record of the window "
                         "(account, time) to this CSV file")
