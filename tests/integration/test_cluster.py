@@ -124,8 +124,18 @@ async def test_a_robust_connection_goes_on_to_the_next_node_when_its_node_dies(
                         and connection.connected.is_set())
 
             await eventually(on_node_3, timeout=20)
-            # The channel is restored there, and a publish is confirmed by the quorum.
-            await channel.default_exchange.publish(aio_pika.Message(b"x"), queue.name)
+
+            # The channel is restored there, and a publish is confirmed by the quorum once
+            # it has elected its new leader (until then the broker nacks: a publisher's
+            # retry, as the services' publishers do).
+            async def confirmed() -> bool:
+                try:
+                    await channel.default_exchange.publish(aio_pika.Message(b"x"), queue.name)
+                except aio_pika.exceptions.DeliveryError:
+                    return False
+                return True
+
+            await eventually(confirmed, timeout=20)
             assert (await queue.get(timeout=10)).body == b"x"
         finally:
             await cluster.start(2)
