@@ -8,7 +8,8 @@ changes it before each attempt after the first.
 """
 
 import contextlib
-from typing import Any
+from collections.abc import Awaitable, Callable
+from typing import Any, TypeVar
 
 import aio_pika
 import structlog
@@ -17,6 +18,7 @@ from aio_pika.robust_connection import RobustConnection
 from yarl import URL
 
 log = structlog.get_logger(__name__)
+C = TypeVar("C")
 
 
 def broker_urls(setting: str) -> list[str]:
@@ -34,6 +36,24 @@ def broker_user(setting: str) -> str:
 
 def _shown(url: str) -> str:
     return str(URL(url).with_password(None).with_user(None))
+
+
+async def _first_that_answers(urls: list[str], start: int,
+                              connect: Callable[[int], Awaitable[C]]) -> tuple[C, int]:
+    """`connect(i)` for each node in turn from `start`: the first connection made and its
+    node's index, or the last node's error."""
+    error: Exception | None = None
+    for step in range(len(urls)):
+        at = (start + step) % len(urls)
+        try:
+            return await connect(at), at
+        except Exception as exc:  # the next node, then the last error
+            if len(urls) > 1:
+                log.warning("broker node does not answer", node=_shown(urls[at]),
+                            error=str(exc))
+            error = exc
+    assert error is not None
+    raise error
 
 
 class ClusterConnection(RobustConnection):
@@ -63,20 +83,19 @@ async def connect_robust(setting: str, timeout: float | None = None,
     urls = broker_urls(setting)
     if len(urls) == 1:
         return await aio_pika.connect_robust(urls[0], timeout=timeout, **kwargs)
-    error: Exception | None = None
-    for first in range(len(urls)):
+
+    async def connect(first: int) -> ClusterConnection:
         connection = ClusterConnection(urls, first, **kwargs)
         try:
             await connection.connect(timeout=timeout)
-            return connection
-        except Exception as exc:  # the next node, then the last error
+        except Exception:
             with contextlib.suppress(Exception):
                 await connection.close()
-            log.warning("broker node does not answer", node=_shown(urls[first]),
-                        error=str(exc))
-            error = exc
-    assert error is not None
-    raise error
+            raise
+        return connection
+
+    connection, _ = await _first_that_answers(urls, 0, connect)
+    return connection
 
 
 class Nodes:
@@ -88,18 +107,7 @@ class Nodes:
         self._next = 0
 
     async def connect(self, **kwargs: Any) -> AbstractConnection:
-        error: Exception | None = None
-        for step in range(len(self._urls)):
-            at = (self._next + step) % len(self._urls)
-            try:
-                connection = await aio_pika.connect(self._urls[at], **kwargs)
-            except Exception as exc:  # the next node, then the last error
-                if len(self._urls) > 1:
-                    log.warning("broker node does not answer", node=_shown(self._urls[at]),
-                                error=str(exc))
-                error = exc
-                continue
-            self._next = at + 1
-            return connection
-        assert error is not None
-        raise error
+        connection, at = await _first_that_answers(
+            self._urls, self._next, lambda i: aio_pika.connect(self._urls[i], **kwargs))
+        self._next = at + 1
+        return connection

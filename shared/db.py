@@ -68,10 +68,13 @@ async def _keep_session(connection: asyncpg.Connection) -> None:
 
 
 async def create_pool(dsn: str, max_size: int = 10, min_size: int = 1,
-                      pooling: Pooling = "session") -> asyncpg.Pool:
-    # asyncpg's reset query (RESET ALL, pg_advisory_unlock_all(), ...) would run behind a
-    # transaction pooler on whichever server connection it is given: another client's.
-    reset = _keep_session if pooling == "transaction" else None
+                      pooling: Pooling = "session", stateless: bool = False) -> asyncpg.Pool:
+    """`stateless`: for code that leaves no session state behind (no LISTEN, SET or
+    cursors): no reset query on each release, a round trip as long as the query itself
+    (docs/benchmarks.md). Behind a transaction pooler there is none either: asyncpg's reset
+    query (RESET ALL, pg_advisory_unlock_all(), ...) would run on whichever server
+    connection it is given, another client's."""
+    reset = _keep_session if stateless or pooling == "transaction" else None
     return await asyncpg.create_pool(
         dsn, min_size=min_size, max_size=max_size, init=_init_connection, command_timeout=30,
         reset=reset, **_options(pooling),
@@ -80,12 +83,7 @@ async def create_pool(dsn: str, max_size: int = 10, min_size: int = 1,
 
 async def create_stateless_pool(dsn: str, max_size: int = 10, min_size: int = 1,
                                 pooling: Pooling = "session") -> asyncpg.Pool:
-    """For code that leaves no session state behind (no LISTEN, SET or cursors): no reset
-    query on each release, a round trip as long as the query itself (docs/benchmarks.md)."""
-    return await asyncpg.create_pool(
-        dsn, min_size=min_size, max_size=max_size, init=_init_connection, command_timeout=30,
-        reset=_keep_session, **_options(pooling),
-    )
+    return await create_pool(dsn, max_size, min_size, pooling, stateless=True)
 
 
 def find_migrations(folder: Path) -> list[Migration]:

@@ -40,6 +40,7 @@ DEFAULT_PORTS = {"amqp": 5672, "management": 15672, "postgres": 5432,
                  "imap": 10143, "imaps": 10993, "pop3": 10110, "pop3s": 10995}
 DOVECOT = "/usr/sbin/dovecot"
 PGBOUNCER = "/usr/sbin/pgbouncer"
+RABBIT_PORTS = ("amqp", "management", "dist")  # a RabbitMQ node's own; epmd is shared
 PORT_NAMES = ("amqp", "management", "dist", "epmd", "postgres", "imap", "imaps", "pop3", "pop3s")
 TIMEOUT = 90  # seconds for a server to become ready
 
@@ -174,6 +175,7 @@ class Stack:
         self.pgdata = home / "postgres"
         self.pgrun = home / "postgres-run"  # unix socket and log, owned by postgres
         self.home = self.rabbit / "home"  # the Erlang cookie, one for a cluster's nodes
+        self.port_keys = RABBIT_PORTS
         try:
             self.ports = json.loads((self.dir / "ports.json").read_text())
         except (OSError, ValueError):
@@ -225,12 +227,13 @@ class Node:
         self.rabbit = stack.dir / f"rabbitmq-{n}"
         self.node = f"mail-{stack.digest}-{n}@localhost"
         self.home = stack.home  # the same cookie
+        self.port_keys = tuple(f"{name}-{n}" for name in RABBIT_PORTS)  # in ports.json
 
     @property
     def ports(self):
         p = self.stack.ports
-        return {"amqp": p[f"amqp-{self.n}"], "management": p[f"management-{self.n}"],
-                "dist": p[f"dist-{self.n}"], "epmd": p["epmd"]}
+        return {**dict(zip(RABBIT_PORTS, (p[key] for key in self.port_keys), strict=True)),
+                "epmd": p["epmd"]}
 
 
 # --- RabbitMQ ---
@@ -675,7 +678,7 @@ def cmd_up(stack, mode):
         print(f"stack: user postgres cannot enter {stack.dir}; its data live in {home}")
     stack.rabbit.mkdir(exist_ok=True)
     password = stack.password()
-    held = {"amqp", "management", "dist"} if rabbit_pid(stack) else set()
+    held = set(RABBIT_PORTS) if rabbit_pid(stack) else set()
     held |= {"epmd"} if epmd_pids(stack) else set()
     held |= {"postgres"} if pg_running(stack) else set()
     held |= {"imap", "imaps", "pop3", "pop3s"} if dovecot_running(stack) else set()
@@ -724,11 +727,8 @@ def cmd_cluster_up(stack, mode, count):
     (stack.dir / "rabbit-nodes").write_text(f"{count}\n")
     password = stack.password()
     nodes = stack.rabbit_nodes()
-    names = ["amqp", "management", "dist", "epmd"] + [
-        f"{name}-{n}" for n in range(2, count + 1) for name in ("amqp", "management", "dist")]
-    held = {name for node in nodes if rabbit_pid(node)
-            for name in (("amqp", "management", "dist") if node is stack else
-                         (f"amqp-{node.n}", f"management-{node.n}", f"dist-{node.n}"))}
+    names = ["epmd"] + [key for node in nodes for key in node.port_keys]
+    held = {key for node in nodes if rabbit_pid(node) for key in node.port_keys}
     held |= {"epmd"} if epmd_pids(stack) else set()
     stack.choose_ports(mode, held, names)
     try:

@@ -58,22 +58,17 @@ class Cluster:
     async def stop(self, n: int) -> None:
         await self.stack("stop-node", "--node", str(n))
 
-    async def leader(self, queue: str, via: int) -> str:
-        """The node leading `queue`, asked of node `via`'s management API."""
+    async def queue(self, name: str, via: int) -> dict:
+        """`name` as node `via`'s management API describes it (leader, members, ...)."""
         url = URL(self.urls[via - 1])
         async with httpx.AsyncClient(auth=(url.user or "", url.password or ""),
                                      timeout=10) as client:
-            reply = await client.get(f"{self.consoles[via - 1]}api/queues/mail/{queue}")
+            reply = await client.get(f"{self.consoles[via - 1]}api/queues/mail/{name}")
             reply.raise_for_status()
-            return reply.json()["leader"]
+            return reply.json()
 
-    async def members(self, queue: str, via: int) -> list[str]:
-        url = URL(self.urls[via - 1])
-        async with httpx.AsyncClient(auth=(url.user or "", url.password or ""),
-                                     timeout=10) as client:
-            reply = await client.get(f"{self.consoles[via - 1]}api/queues/mail/{queue}")
-            reply.raise_for_status()
-            return sorted(reply.json()["members"])
+    async def leader(self, queue: str, via: int) -> str:
+        return (await self.queue(queue, via))["leader"]
 
 
 @pytest.fixture(scope="module")
@@ -158,7 +153,7 @@ async def test_the_leader_of_an_accounts_queue_killed_then_another_node_restarte
         async with on_node_1:
             await Topology().declare_account_queue(await on_node_1.channel(), account_id)
         queue = harness.topology.account_queue(account_id)
-        assert await cluster.members(queue, via=3) == sorted(cluster.nodes)
+        assert sorted((await cluster.queue(queue, via=3))["members"]) == sorted(cluster.nodes)
         leader = await cluster.leader(queue, via=3)
         victim = cluster.nodes.index(leader) + 1
         assert victim != 3, "the queue leads on the test's own node: nothing to kill"
