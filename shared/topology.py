@@ -254,6 +254,12 @@ async def open_confirmed_channel(connection: AbstractConnection) -> AbstractChan
     return await connection.channel(publisher_confirms=True, on_return_raises=True)
 
 
+async def open_transaction_channel(connection: AbstractConnection) -> AbstractChannel:
+    """A channel for publishing in AMQP transactions (tx.select, tx.commit): no publisher
+    confirms, which the broker does not allow beside transactions on one channel."""
+    return await connection.channel(publisher_confirms=False)
+
+
 def make_message(
     body: bytes | BaseModel,
     *,

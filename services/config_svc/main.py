@@ -18,7 +18,7 @@ from shared.http import Health, HttpServer
 from shared.outbox import OutboxRelay
 from shared.runtime import connected, stop_on_signals
 from shared.smtp import client_ssl_context
-from shared.topology import Topology, open_confirmed_channel
+from shared.topology import Topology, open_confirmed_channel, open_transaction_channel
 
 SERVICE = "config_svc"
 MIGRATIONS = Path(__file__).parent / "migrations"
@@ -33,7 +33,7 @@ async def serve(settings: ConfigSettings) -> None:
     async with connected(settings, SERVICE, {SERVICE: MIGRATIONS}) as (pool, connection):
         api_channel = await open_confirmed_channel(connection)
         await topology.declare(api_channel)
-        relay = OutboxRelay(pool, await open_confirmed_channel(connection), topology,
+        relay = OutboxRelay(pool, await open_transaction_channel(connection), topology,
                             table="account_outbox", poll_s=settings.outbox_poll_s)
         service = AccountService(
             pool, box, AccountQueues(api_channel, topology), relay.wake,

@@ -18,7 +18,7 @@ from shared.auth import ADMIN_ROLE, User
 from shared.crypto import SecretBox
 from shared.outbox import OutboxRelay
 from shared.smtp import client_ssl_context
-from shared.topology import Topology, open_confirmed_channel
+from shared.topology import Topology, open_confirmed_channel, open_transaction_channel
 
 log = structlog.get_logger(__name__)
 
@@ -158,8 +158,8 @@ async def set_paused(pool: asyncpg.Pool, connection: AbstractConnection, topolog
             account = await service.set_paused(account_id, paused, user)
         except NotFound:
             raise OpsError(f"no live account {account_id}") from None
-        published = await OutboxRelay(pool, channel, topology, table="account_outbox",
-                                      poll_s=1).drain()
+        published = await OutboxRelay(pool, await open_transaction_channel(connection),
+                                      topology, table="account_outbox", poll_s=1).drain()
     finally:
         with contextlib.suppress(Exception):
             await channel.close()

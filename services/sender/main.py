@@ -22,7 +22,12 @@ from shared.http import Health, HttpServer, health_app
 from shared.outbox import OutboxRelay
 from shared.runtime import connected, stop_on_signals
 from shared.smtp import client_ssl_context
-from shared.topology import EventPublisher, Topology, open_confirmed_channel
+from shared.topology import (
+    EventPublisher,
+    Topology,
+    open_confirmed_channel,
+    open_transaction_channel,
+)
 
 SERVICE = "sender"
 MIGRATIONS = Path(__file__).parent / "migrations"
@@ -44,7 +49,7 @@ async def serve(settings: SenderSettings) -> None:
                          create_stateless_pool) as (pool, connection):
         publishing = await open_confirmed_channel(connection)
         await topology.declare(publishing)
-        relay = OutboxRelay(pool, await open_confirmed_channel(connection), topology,
+        relay = OutboxRelay(pool, await open_transaction_channel(connection), topology,
                             table="sender_outbox", poll_s=settings.outbox_poll_s,
                             linger_s=settings.outbox_linger_ms / 1000)
         database = DatabaseHealth()

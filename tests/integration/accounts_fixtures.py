@@ -23,7 +23,7 @@ from shared.db import migrate
 from shared.http import Health
 from shared.outbox import OutboxRelay
 from shared.smtp import client_ssl_context
-from shared.topology import Topology, open_confirmed_channel
+from shared.topology import Topology, open_confirmed_channel, open_transaction_channel
 
 JWT_SECRET = "test-jwt-secret-0123456789abcdef"
 # Fixed keys, so that rows left by an earlier run on a kept database stay readable.
@@ -83,7 +83,7 @@ class AccountsApi:
 
 async def start_relay(pool: asyncpg.Pool, connection: AbstractRobustConnection) -> tuple[
         OutboxRelay, asyncio.Task]:
-    relay = OutboxRelay(pool, await open_confirmed_channel(connection), TOPOLOGY,
+    relay = OutboxRelay(pool, await open_transaction_channel(connection), TOPOLOGY,
                         table="account_outbox", poll_s=0.2)
     return relay, asyncio.create_task(relay.run())
 

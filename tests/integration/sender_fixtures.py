@@ -21,7 +21,7 @@ from shared.db import migrate
 from shared.messages import AccountUpdated
 from shared.outbox import OutboxRelay
 from shared.smtp import client_ssl_context
-from shared.topology import EventPublisher, open_confirmed_channel
+from shared.topology import EventPublisher, open_transaction_channel
 from tests.integration.accounts_fixtures import KEY
 from tests.integration.dispatcher_fixtures import Dispatcher
 
@@ -139,7 +139,7 @@ async def start_sender(dispatcher: Dispatcher, amqp: AbstractRobustConnection,
         events = await dispatcher.channel.declare_queue(exclusive=True)
         for key in ("mail.*", "account.*", "delivery.completed", "delivery.cancelled"):
             await events.bind(dispatcher.topology.events_exchange, routing_key=key)
-        relay = OutboxRelay(dispatcher.pool, await open_confirmed_channel(amqp),
+        relay = OutboxRelay(dispatcher.pool, await open_transaction_channel(amqp),
                             dispatcher.topology, table="sender_outbox", poll_s=0.2)
         supervisor = Supervisor(amqp, SenderParts(
             pool=dispatcher.pool, settings=settings, box=SecretBox([KEY]),

@@ -1,5 +1,8 @@
 """The outbox relay shared by config_svc and the sender, on a real PostgreSQL and RabbitMQ."""
 
+import contextlib
+
+import aio_pika
 import asyncpg
 import orjson
 import pytest
@@ -9,7 +12,8 @@ from services.sender.main import MIGRATIONS as SENDER_MIGRATIONS
 from shared.db import migrate
 from shared.messages import MailSent
 from shared.outbox import OutboxRelay
-from shared.topology import Topology, open_confirmed_channel
+from shared.topology import Topology, open_confirmed_channel, open_transaction_channel
+from tests.conftest import eventually
 from tests.integration.amqp_helpers import receive
 from tests.integration.dispatcher_fixtures import migrate_all
 
@@ -38,7 +42,8 @@ async def test_events_written_while_no_relay_runs_go_out_in_order_and_a_bad_row_
     listener = await channel.declare_queue(exclusive=True)
     await listener.bind(topology.events_exchange, routing_key="mail.*")
 
-    relay = OutboxRelay(pool, channel, topology, table="sender_outbox", poll_s=1)
+    relay = OutboxRelay(pool, await open_transaction_channel(amqp), topology,
+                        table="sender_outbox", poll_s=1)
     assert await relay.drain() == 3
 
     messages = await receive(listener, count=3)
@@ -55,4 +60,51 @@ async def test_events_written_while_no_relay_runs_go_out_in_order_and_a_bad_row_
 def test_only_known_outbox_tables_are_accepted() -> None:
     with pytest.raises(ValueError, match="not an outbox table"):
         OutboxRelay(None, None, Topology(), table="accounts; DROP TABLE x",  # type: ignore[arg-type]
+                    poll_s=1)
+
+
+async def test_a_batch_the_broker_refuses_stays_in_the_outbox_and_goes_out_later(
+        pool: asyncpg.Pool, amqp: AbstractRobustConnection, unique: str) -> None:
+    """The batch's rows are deleted in the database transaction that publishes them: when
+    the broker refuses the batch (its exchange is missing: the channel is closed), they come
+    back, and go out, once each, when the relay's channel is open again."""
+    await migrate_all(pool)
+    async with pool.acquire() as db:
+        await migrate(db, "sender", SENDER_MIGRATIONS)
+        await db.execute("DELETE FROM sender_outbox")
+        await db.executemany(
+            "INSERT INTO sender_outbox (routing_key, event_id, body) VALUES ($1, $2, $3)",
+            [("mail.sent", e.event_id, e.model_dump(mode="json"))
+             for e in map(sent_event, range(3))])
+    topology = Topology(prefix=unique)
+    relay = OutboxRelay(pool, await open_transaction_channel(amqp), topology,
+                        table="sender_outbox", poll_s=1)
+    with pytest.raises(aio_pika.exceptions.ChannelClosed):
+        await relay.drain()  # no events exchange yet
+    assert await pool.fetchval("SELECT count(*) FROM sender_outbox") == 3
+
+    channel = await open_confirmed_channel(amqp)
+    await topology.declare(channel)
+    listener = await channel.declare_queue(exclusive=True)
+    await listener.bind(topology.events_exchange, routing_key="mail.*")
+
+    async def drained() -> bool:
+        with contextlib.suppress(aio_pika.exceptions.AMQPError):
+            return await relay.drain() == 3  # the channel may still be reopening
+        return False
+
+    await eventually(drained, timeout=10)
+    messages = await receive(listener, count=3)
+    assert [m.message_id for m in messages] == ["ev-0", "ev-1", "ev-2"]
+    assert await pool.fetchval("SELECT count(*) FROM sender_outbox") == 0
+    assert await relay.drain() == 0
+    await channel.close()
+
+
+def test_a_confirming_channel_is_refused() -> None:
+    class Confirming:
+        publisher_confirms = True
+
+    with pytest.raises(ValueError, match="transactions"):
+        OutboxRelay(None, Confirming(), Topology(), table="sender_outbox",  # type: ignore[arg-type]
                     poll_s=1)
