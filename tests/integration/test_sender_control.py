@@ -127,6 +127,35 @@ async def test_a_cancel_during_sending_stops_it_at_once_and_counts_right(
                     if e["delivery_id"] == delivery_id]) == at_server
 
 
+async def test_a_cancel_at_interval_0_withdraws_one_transaction_and_acks_the_rest_unsent(
+    start_sender: Any,
+) -> None:
+    """At interval 0 a job sent at once has its row read only while MAIL and RCPT are on the
+    wire: the first job after the cancel is withdrawn there (RSET, nothing sent), and from
+    then on each job's row is read on arrival, so the rest are acked without a MAIL."""
+    total = 200
+    async with smtp_server(data_delay_s=0.02) as server:
+        stack = await sender_on(start_sender, server, send_interval_ms=0)
+        body = request_body(account_id=stack.account_id, recipients=recipients(total))
+        delivery_id = body["delivery_id"]
+        await stack.dispatcher.publish_request(body)
+        await server.wait_until(lambda: len(server.messages) >= 5, timeout=20)
+
+        answer = await stack.dispatcher.canceller.cancel(delivery_id, "tanaka")
+        committed_by = time.monotonic()
+        assert answer is not None and answer.cancelled > 0
+        await stack.completed(delivery_id, timeout=20)
+        await eventually(lambda: queue_empty(stack), timeout=5)
+
+        assert all(m.started_at < committed_by for m in server.messages)
+        mails = server._mail_times  # every MAIL the server took, sent or withdrawn
+        assert len(mails) - len(server.messages) <= 2, (
+            f"{len(mails) - len(server.messages)} transactions withdrawn; the cancelled jobs "
+            "should have been acked on arrival")
+        states = await ledger_states(stack, delivery_id)
+        assert states == {"sent": len(server.messages), "cancelled": total - len(server.messages)}
+
+
 async def test_a_paused_delivery_waits_while_the_accounts_others_go_on_and_resumes_once(
     start_sender: Any,
 ) -> None:
