@@ -25,7 +25,7 @@ S = TypeVar("S", bound=ServiceSettings)
 
 def start_logging(settings: ServiceSettings) -> None:
     """Logging as the settings say, with every secret setting scrubbed from every line."""
-    configure_logging(settings.log_level, settings.log_format)
+    configure_logging(settings.log_level, settings.log_format, once=True)
     for name in type(settings).model_fields:
         value = getattr(settings, name)
         if isinstance(value, SecretStr):
