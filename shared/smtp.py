@@ -125,6 +125,7 @@ class SmtpSession:
         self.capabilities: dict[str, str] = {}
         self.auth_mechanisms: list[str] = []
         self.data_sent = False
+        self.connections = 0  # connections opened so far: a caller can tell a new one began
         self._smtp: aiosmtplib.SMTP | None = None
         self._pop_at: float | None = None  # time.monotonic() of the last POP login
         self._secrets = [s for s in (endpoint.password, endpoint.pop and endpoint.pop.password)
@@ -147,6 +148,7 @@ class SmtpSession:
             await self._pop_login_if_due()
             await self._step("resolve", self._resolve(), _addresses)
             await self._step("connect", self._connect(), _reply)
+            self.connections += 1
             smtp = self._smtp
             assert smtp is not None
             if self.endpoint.tls == "ssl":

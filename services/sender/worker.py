@@ -503,8 +503,16 @@ class AccountWorker:
         # The ledger row is read while MAIL and RCPT are on the wire; DATA waits for it.
         check = asyncio.ensure_future(
             ledger.recipient(self._parts.pool, job.delivery_id, job.index))
+        opened = session.connections
 
         async def still_to_send() -> bool:
+            nonlocal check
+            if session.connections != opened:
+                # A connection was opened after the read began (the first, or a stale one
+                # replaced): a cancel may have committed meanwhile, before this MAIL.
+                check.cancel()
+                check = asyncio.ensure_future(
+                    ledger.recipient(self._parts.pool, job.delivery_id, job.index))
             return sendable(await check)
 
         started = time.perf_counter()

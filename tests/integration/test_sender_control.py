@@ -2,6 +2,7 @@
 delivery, an expired recipient is not sent, a cancel stops a delivery being sent, a paused
 delivery waits while the account's others go on."""
 
+import asyncio
 import time
 import uuid
 from datetime import UTC, datetime, timedelta
@@ -214,3 +215,39 @@ async def test_a_delivery_with_a_suppressed_recipient_completes_when_the_rest_is
     assert sorted(m.rcpt_tos[0] for m in server.messages) == [f"{prefix}0@example.com",
                                                               f"{prefix}2@example.com"]
     assert await ledger_states(stack, body["delivery_id"]) == {"sent": 2, "suppressed": 1}
+
+
+async def test_a_cancel_committed_while_the_connection_opens_withdraws_the_mail(
+    start_sender: Any,
+) -> None:
+    """The job's row is read as its send begins; a connection opened after that (the first
+    of a session, or a stale one replaced) gives a cancel time to commit before MAIL: the
+    row is read again before DATA, and the mail is withdrawn."""
+    cancelled: dict[str, Any] = {}
+    stack_box: list[SenderStack] = []
+    committed = asyncio.Event()
+
+    async def cancel_first(connection: int) -> None:
+        if connection == 1:
+            stack = stack_box[0]
+            answer = await stack.dispatcher.canceller.cancel(cancelled["id"], "tanaka")
+            cancelled["answer"] = answer
+            committed.set()
+
+    async with smtp_server(on_ehlo=cancel_first) as server:
+        stack = await sender_on(start_sender, server, send_interval_ms=0)
+        stack_box.append(stack)
+        first = request_body(account_id=stack.account_id, recipients=recipients(1, "first"))
+        cancelled["id"] = first["delivery_id"]
+        await stack.dispatcher.publish_request(first)
+        async with asyncio.timeout(20):
+            await committed.wait()
+        # Taken after the first job is settled (prefetch 1): it shows the first is done.
+        second = request_body(account_id=stack.account_id, recipients=recipients(1, "second"))
+        await stack.dispatcher.publish_request(second)
+        await stack.completed(second["delivery_id"], timeout=20)
+
+    assert cancelled["answer"] is not None and cancelled["answer"].cancelled == 1
+    assert [m.rcpt_tos for m in server.messages] == [["second0@example.com"]]
+    assert len(server._mail_times) == 2  # the first's MAIL was sent, then withdrawn
+    assert await ledger_states(stack, first["delivery_id"]) == {"cancelled": 1}

@@ -90,6 +90,9 @@ class SmtpTestServer(Observable):
     # window (the database's connections dropped, say).
     before_reply: Callable[[list[str]], Awaitable[None]] | None = None
     smtputf8: bool = False
+    # Awaited at each EHLO with its connection's number (1, 2, ...), before the reply: a
+    # change made while a client opens a connection (a cancel committed, say).
+    on_ehlo: Callable[[int], Awaitable[None]] | None = None
     idle_timeout_s: float = 300.0
     # A provider's cap: at most `rate_limit[0]` transactions per `rate_limit[1]` seconds;
     # beyond it MAIL FROM is answered 421, like the seed's "every mail after the first few".
@@ -211,10 +214,13 @@ class _Handler:
     def __init__(self, test_server: SmtpTestServer) -> None:
         self.test_server = test_server
 
-    async def handle_EHLO(self, _smtp: SMTP, session: Session, _envelope: Envelope,
+    async def handle_EHLO(self, smtp: SMTP, session: Session, _envelope: Envelope,
                           hostname: str, responses: list[str]) -> list[str]:
         session.host_name = hostname  # the hook replaces aiosmtpd's own bookkeeping
         self.test_server.ehlo_names.append(hostname)
+        if self.test_server.on_ehlo is not None:
+            assert isinstance(smtp, _RecordingSMTP)
+            await self.test_server.on_ehlo(smtp.number)
         hidden = set()
         if self.test_server.hide_starttls:
             hidden.add("STARTTLS")
