@@ -64,6 +64,7 @@ class OutboxRelay:
         self._pool = pool
         self._channel = channel
         self._in_tx: object | None = None  # the channel put in transaction mode
+        self._unfinished = False  # a batch published there and not committed (it failed)
         self._topology = topology
         self._poll_s = poll_s
         self._linger_s = linger_s
@@ -97,6 +98,12 @@ class OutboxRelay:
             if channel is not self._in_tx:  # a new channel after a reconnect, or the first
                 await channel.tx_select()
                 self._in_tx = channel
+            elif self._unfinished:
+                # A batch that failed half-way on this channel (a timeout while its frames
+                # waited) left publishes in its transaction: committed with this batch, they
+                # would go out twice, after newer events.
+                await channel.tx_rollback()
+            self._unfinished = True
             for routing_key, message in items:
                 # Not mandatory: an event nobody listens to yet is not an error. Not waiting
                 # for each frame's write: the commit is queued after them on the channel.
@@ -104,6 +111,7 @@ class OutboxRelay:
                     message.body, exchange=self._topology.events_exchange,
                     routing_key=routing_key, properties=message.properties, wait=False)
             await channel.tx_commit()
+            self._unfinished = False
 
     @staticmethod
     def _item(row: Any) -> tuple[str, Any] | None:

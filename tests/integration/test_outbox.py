@@ -101,6 +101,53 @@ async def test_a_batch_the_broker_refuses_stays_in_the_outbox_and_goes_out_later
     await channel.close()
 
 
+async def test_a_batch_that_fails_half_way_leaves_nothing_to_the_next_commit(
+        pool: asyncpg.Pool, amqp: AbstractRobustConnection, unique: str,
+        monkeypatch: pytest.MonkeyPatch) -> None:
+    """A batch's publishing that times out while its frames wait for the writer leaves the
+    channel open, with part of the batch in its AMQP transaction: the next batch rolls that
+    back first, so each event goes out once."""
+    await migrate_all(pool)
+    count = 3000
+    async with pool.acquire() as db:
+        await migrate(db, "sender", SENDER_MIGRATIONS)
+        await db.execute("DELETE FROM sender_outbox")
+    topology = Topology(prefix=unique)
+    channel = await open_confirmed_channel(amqp)
+    await topology.declare(channel)
+    listener = await channel.declare_queue(exclusive=True)
+    await listener.bind(topology.events_exchange, routing_key="mail.*")
+    relay_channel = await open_transaction_channel(amqp)
+    relay = OutboxRelay(pool, relay_channel, topology, table="sender_outbox", poll_s=1,
+                        batch=count)
+
+    async def write(indexes: range) -> None:
+        await pool.executemany(
+            "INSERT INTO sender_outbox (routing_key, event_id, body) VALUES ($1, $2, $3)",
+            [("mail.sent", e.event_id, e.model_dump(mode="json"))
+             for e in map(sent_event, indexes)])
+
+    await write(range(1))
+    assert await relay.drain() == 1  # the channel is in transaction mode now
+    await write(range(1, count + 1))
+    underlay = await relay_channel.get_underlay_channel()
+    monkeypatch.setattr("shared.outbox.PUBLISH_TIMEOUT_S", 0.002)
+    with pytest.raises(TimeoutError):
+        await relay.drain()
+    assert await underlay.queue_declare(listener.name, passive=True)  # the channel still open
+    assert await pool.fetchval("SELECT count(*) FROM sender_outbox") == count
+    monkeypatch.setattr("shared.outbox.PUBLISH_TIMEOUT_S", 60)
+    assert await relay.drain() == count
+    assert await relay_channel.get_underlay_channel() is underlay
+
+    # The commit-ok came after every message was enqueued: the count is final.
+    waiting = (await underlay.queue_declare(listener.name, passive=True)).message_count
+    assert waiting == count + 1
+    messages = await receive(listener, count=count + 1)
+    assert [m.message_id for m in messages] == [f"ev-{i}" for i in range(count + 1)]
+    await channel.close()
+
+
 def test_a_confirming_channel_is_refused() -> None:
     class Confirming:
         publisher_confirms = True
