@@ -149,6 +149,7 @@ async def set_paused(pool: asyncpg.Pool, connection: AbstractConnection, topolog
     if before is None:
         raise OpsError(f"no live account {account_id}")
     channel = await open_confirmed_channel(connection)
+    relay_channel = await open_transaction_channel(connection)
     try:
         # Pausing touches no secret; the box is only there because the service needs one.
         box = SecretBox(list(keys) or [SecretBox.generate_key()])
@@ -158,11 +159,12 @@ async def set_paused(pool: asyncpg.Pool, connection: AbstractConnection, topolog
             account = await service.set_paused(account_id, paused, user)
         except NotFound:
             raise OpsError(f"no live account {account_id}") from None
-        published = await OutboxRelay(pool, await open_transaction_channel(connection),
-                                      topology, table="account_outbox", poll_s=1).drain()
+        published = await OutboxRelay(pool, relay_channel, topology, table="account_outbox",
+                                      poll_s=1).drain()
     finally:
-        with contextlib.suppress(Exception):
-            await channel.close()
+        for opened in (channel, relay_channel):
+            with contextlib.suppress(Exception):
+                await opened.close()
     return PauseResult(account_id=account_id, name=account.name, paused=account.paused,
                        changed=before["paused"] != paused, by=user.sub,
                        events_published=published)
