@@ -358,7 +358,8 @@ def local_costs(account_id: str) -> list[tuple[str, float]]:
     account = {"id": account_id, "personal": False, "owner": None}
     validate_s, prepared = timed(lambda: prepare(request, account))
     jobs_s, _ = timed(lambda: [
-        job_message(request.delivery_id, account_id, i, r.model_dump())
+        job_message(request.delivery_id, account_id, i,
+                    {"email": r.email, "name": r.name, "vars": r.vars})
         for i, r in enumerate(prepared.recipients)])
     return [("decode (json + pydantic)", decode_s), ("validate (addresses, placeholders)",
                                                      validate_s),

@@ -19,6 +19,7 @@ from pydantic import (
     model_serializer,
     model_validator,
 )
+from pydantic.dataclasses import dataclass as pydantic_dataclass
 
 DeliveryId = Annotated[str, StringConstraints(pattern=r"^[A-Za-z0-9._:-]{1,200}$")]
 AccountId = Annotated[str, StringConstraints(pattern=r"^[A-Za-z0-9._:-]{1,100}$")]
@@ -67,7 +68,10 @@ class OmitsAbsent(Model):
 # -- delivery requests (other systems -> dispatcher) ---------------------------------------
 
 
-class Recipient(Model):
+# A slotted dataclass, not a model: a request holds up to 100,000 of them, and a model's
+# `__dict__` and fields-set make each 2.8 times as large (69 against 25 MB).
+@pydantic_dataclass(frozen=True, slots=True, config=ConfigDict(extra="forbid"))
+class Recipient:
     email: Annotated[str, StringConstraints(min_length=3, max_length=320)]
     name: OneLine | None = None
     vars: dict[str, str] = Field(default_factory=dict)
