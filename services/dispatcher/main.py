@@ -1,7 +1,6 @@
 """The dispatcher's composition root: settings, connections, consumer, schedule, API."""
 
 import asyncio
-import contextlib
 import functools
 from pathlib import Path
 
@@ -80,8 +79,6 @@ async def serve(settings: DispatcherSettings) -> None:
         scheduling = asyncio.create_task(schedule.run())
         log.info("dispatcher ready", port=settings.http_port)
         await stop.wait()
-        scheduling.cancel()
-        with contextlib.suppress(asyncio.CancelledError):
-            await scheduling
+        await schedule.stopped(scheduling, settings.shutdown_grace_s)
         await consumer.stop(settings.shutdown_grace_s)
         await server.stop()

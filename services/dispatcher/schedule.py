@@ -51,14 +51,32 @@ class Schedule:
         self.owner = False
         self.tries = 0  # at the schedule's lock
         self._wake = asyncio.Event()
+        self._stopping = False
 
     def wake(self) -> None:
         """Something is due now (a resumed delivery): no need to wait for the poll."""
         self._wake.set()
 
+    def stop(self) -> None:
+        """Ends `run` at its next wait. A flag, not a cancel: a cancelled broker command
+        makes aiormq close its channel, and a broker that has not opened that channel yet
+        closes the whole connection (every other channel on it) for that."""
+        self._stopping = True
+        self._wake.set()
+
+    async def stopped(self, task: "asyncio.Task[None]", grace_s: float) -> None:
+        """Stops the `run` in `task`, cancelling it when it has not ended after `grace_s`."""
+        self.stop()
+        try:
+            await asyncio.wait_for(asyncio.shield(task), grace_s)
+        except TimeoutError:
+            task.cancel()
+            with contextlib.suppress(asyncio.CancelledError):
+                await task
+
     async def run(self) -> None:
-        """Forever: waits to own the schedule, then fans out what comes due."""
-        while True:
+        """Until stopped: waits to own the schedule, then fans out what comes due."""
+        while not self._stopping:
             try:
                 holder = await self._connect()
                 try:
@@ -77,10 +95,11 @@ class Schedule:
                 raise
             except Exception:
                 log.exception("the schedule failed; it starts again")
-            await asyncio.sleep(self._poll_s)
+            with contextlib.suppress(TimeoutError):
+                await asyncio.wait_for(self._wake.wait(), self._poll_s)
 
     async def _own(self, holder: asyncpg.Connection) -> None:
-        while True:
+        while not self._stopping:
             # The lock lives as long as this transaction: a lost one ends the ownership.
             await holder.fetchval("SELECT 1")
             self._wake.clear()

@@ -1,7 +1,6 @@
 """An in-process dispatcher on the real broker and database, with a topology of its own."""
 
 import asyncio
-import contextlib
 import functools
 import uuid
 from collections.abc import AsyncIterator
@@ -94,9 +93,7 @@ class Dispatcher:
                         poll_s=0.2)
 
     async def stop_schedule(self) -> None:
-        self.scheduling.cancel()
-        with contextlib.suppress(asyncio.CancelledError):
-            await self.scheduling
+        await self.schedule.stopped(self.scheduling, 10)
 
     async def publish_bytes(self, body: bytes, message_id: str = "") -> None:
         exchange = await self.channel.get_exchange(self.topology.requests_exchange)
