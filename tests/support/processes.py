@@ -2,6 +2,7 @@
 and port, its log in a file, ready when its `/readyz` answers 200."""
 
 import asyncio
+import contextlib
 import os
 import signal
 import socket
@@ -57,6 +58,24 @@ class ServiceProcess:
                 return False
 
         await eventually(ready, timeout=timeout, interval=0.05)
+
+    def tcp_ports(self) -> set[int]:
+        """The local ports of the process's TCP sockets (from /proc): which of several
+        processes a server's client is."""
+        assert self.process is not None
+        inodes = set()
+        for fd in Path(f"/proc/{self.process.pid}/fd").iterdir():
+            with contextlib.suppress(OSError):
+                target = os.readlink(fd)
+                if target.startswith("socket:["):
+                    inodes.add(target[len("socket:["):-1])
+        ports = set()
+        for table in ("/proc/net/tcp", "/proc/net/tcp6"):
+            for line in Path(table).read_text().splitlines()[1:]:
+                fields = line.split()
+                if fields[9] in inodes:
+                    ports.add(int(fields[1].rpartition(":")[2], 16))
+        return ports
 
     @property
     def running(self) -> bool:

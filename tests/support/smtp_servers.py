@@ -107,6 +107,7 @@ class SmtpTestServer(Observable):
     auth_attempts: list[str] = field(default_factory=list)  # mechanism of each AUTH command
     logins: list[str] = field(default_factory=list)  # users who logged in
     ehlo_names: list[str] = field(default_factory=list)  # the name in each EHLO
+    client_ports: dict[int, int] = field(default_factory=dict)  # connection -> client's port
     _server: asyncio.Server | None = field(default=None, init=False, repr=False)
     _open: set["_RecordingSMTP"] = field(default_factory=set, init=False, repr=False)
 
@@ -201,6 +202,7 @@ class _RecordingSMTP(SMTP):
         first = self.transport is None  # aiosmtpd calls this again after STARTTLS
         super().connection_made(transport)
         if first:
+            self.test_server.client_ports[self.number] = transport.get_extra_info("peername")[1]
             self.test_server._opened(self)
 
     def connection_lost(self, error: Exception | None) -> None:
