@@ -72,7 +72,7 @@ class Intake:
         structlog.contextvars.bind_contextvars(delivery_id=request.delivery_id)
         # The same request whatever its spelling (by HTTP or AMQP); the first version stored
         # the hash of the bytes, which a byte-identical repeat still matches.
-        sha256 = hashlib.sha256(request.canonical()).digest()
+        sha256 = request.canonical_sha256()
         urgent = request.priority == "high"
         scheduled = request.send_at is not None and request.send_at > datetime.now(UTC)
         async with self._locks.hold(request.delivery_id) as db:
