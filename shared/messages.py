@@ -78,7 +78,7 @@ class Recipient:
     vars: dict[str, str] = Field(default_factory=dict)
 
 
-_RECIPIENTS = TypeAdapter(list[Recipient])
+RECIPIENTS = TypeAdapter(list[Recipient])  # a window of them at a time (decode, hash)
 CANONICAL_WINDOW = 1000
 
 
@@ -104,7 +104,11 @@ class DeliveryRequest(Model):
     def _body_and_metadata(self) -> "DeliveryRequest":
         if self.text is None and self.html is None:
             raise ValueError("at least one of text and html is required")
-        if len(orjson.dumps(self.metadata)) > METADATA_MAX_BYTES:
+        try:
+            size = len(orjson.dumps(self.metadata))
+        except orjson.JSONEncodeError as error:  # an integer over 64 bits, say
+            raise ValueError(f"metadata cannot be stored: {error}") from None
+        if size > METADATA_MAX_BYTES:
             raise ValueError(f"metadata is larger than {METADATA_MAX_BYTES} bytes")
         if self.send_at and self.expires_at and self.expires_at <= self.send_at:
             raise ValueError("expires_at must be later than send_at")
@@ -122,7 +126,7 @@ class DeliveryRequest(Model):
             b'"recipients":"' + marker.encode() + b'"')
         digest = hashlib.sha256(before + b'"recipients":[')
         for start in range(0, len(self.recipients), CANONICAL_WINDOW):
-            window = _RECIPIENTS.dump_python(
+            window = RECIPIENTS.dump_python(
                 self.recipients[start:start + CANONICAL_WINDOW], mode="json")
             if start:
                 digest.update(b",")

@@ -11,7 +11,7 @@ from pydantic import BaseModel, ConfigDict, StringConstraints
 
 from services.dispatcher import repository
 from services.dispatcher.cancel import Canceller
-from services.dispatcher.decode import decode_request, parse_json
+from services.dispatcher.decode import decode_request
 from services.dispatcher.locks import DeliveryLocks
 from services.dispatcher.rejection import TOO_LARGE, Rejection
 from services.dispatcher.validate import account_uuid
@@ -124,8 +124,9 @@ def create_app(pool: asyncpg.Pool, locks: DeliveryLocks, verifier: TokenVerifier
                 raise Rejection(TOO_LARGE, f"the request is over {max_request_bytes} bytes")
         delivery = decode_request(body, None, max_request_bytes)
         if delivery.requested_by is None:
-            delivery = DeliveryRequest.model_validate(
-                {**parse_json(body), "requested_by": user.sub})
+            delivery = DeliveryRequest.model_validate(  # the recipients are not copied
+                {**delivery.model_dump(exclude={"recipients"}, exclude_unset=True),
+                 "recipients": delivery.recipients, "requested_by": user.sub})
         elif delivery.requested_by != user.sub and not user.is_admin:
             raise HTTPException(403, "requested_by may name only yourself (administrators "
                                 "may name anyone)")

@@ -1,3 +1,4 @@
+import json
 import uuid
 
 import orjson
@@ -138,9 +139,13 @@ async def test_a_personal_account_serves_only_its_owner(dispatcher: Dispatcher) 
         (b'{"delivery_id": "dup-1", "subject": "a", "subject": "b"}', True),
         (b'{"delivery_id": "missing-1"}', True),
         (b"\xff\xfe not utf-8", False),
+        # Both reach the model: an integer orjson cannot store, a lone surrogate (escaped).
+        (json.dumps(request_body(delivery_id="wide-int-1", metadata={"n": 10**30})).encode(),
+         True),
+        (json.dumps(request_body(delivery_id="surrogate-1", subject="\ud800")).encode(), True),
     ],
     ids=["not-json", "bom", "array", "deep-nesting", "huge-number", "nan", "duplicate-keys",
-         "missing-fields", "not-utf8"],
+         "missing-fields", "not-utf8", "int-over-64-bits", "lone-surrogate"],
 )
 async def test_bad_input_is_rejected_and_the_dispatcher_still_serves(
     dispatcher: Dispatcher, raw: bytes, has_id: bool,
