@@ -22,6 +22,7 @@ from shared.messages import MAX_RECIPIENTS, RECIPIENTS, DeliveryRequest, Recipie
 _DELIVERY_ID = re.compile(r"^[A-Za-z0-9._:-]{1,200}$")
 _DELIVERY_ID_IN_BYTES = re.compile(rb'"delivery_id"\s*:\s*"([A-Za-z0-9._:-]{1,200})"')
 _WHITESPACE = re.compile(r"[ \t\n\r]*")
+_POSITION = re.compile(r" at line \d+ column \d+$")
 _MAX_INT_DIGITS = 32
 _MAX_ERRORS_SHOWN = 5
 WINDOW = 1000
@@ -70,29 +71,41 @@ _VALUES = _decoder(_no_duplicate_keys)
 _CHECKS = _decoder(_checked_only)  # the same checks, nothing kept
 
 
-class _TooMany(Exception):
-    pass
+class _Recipients:
+    """The `recipients` array as read: built a window at a time, or the errors of its windows.
 
+    The errors are raised only once the whole body is read, so that the rejection names the
+    request's own `delivery_id` and a syntax error further on is still reported as such."""
 
-class _BadRecipients(Exception):
-    def __init__(self, error: ValidationError, offset: int) -> None:
-        self.error, self.offset = error, offset
+    def __init__(self) -> None:
+        self.built: list[Recipient] = []
+        self.count = 0
+        self.errors: list[tuple[tuple[Any, ...], str]] = []
+        self.error_count = 0
+
+    def add_window(self, text: str, size: int) -> None:
+        offset = self.count
+        self.count += size
+        if self.count > MAX_RECIPIENTS:
+            return  # refused as too large: nothing more is built
+        try:
+            self.built.extend(RECIPIENTS.validate_json("[" + text + "]"))
+        except ValidationError as error:
+            self.error_count += error.error_count()
+            for item in error.errors()[:_MAX_ERRORS_SHOWN - len(self.errors)]:
+                loc = ("recipients", offset + item["loc"][0], *item["loc"][1:]) \
+                    if item["loc"] else ("recipients",)
+                # pydantic's line and column are the window's, not the body's
+                self.errors.append((loc, _POSITION.sub("", item["msg"])))
 
 
 def _skip(text: str, at: int) -> int:
     return _WHITESPACE.match(text, at).end()  # type: ignore[union-attr]  # always matches
 
 
-def _recipients_window(text: str, offset: int) -> list[Recipient]:
-    try:
-        return RECIPIENTS.validate_json("[" + text + "]")
-    except ValidationError as error:
-        raise _BadRecipients(error, offset) from None
-
-
-def _recipients(text: str, at: int) -> tuple[list[Recipient], int]:
+def _recipients(text: str, at: int) -> tuple[_Recipients, int]:
     """The array at `at`, and where it ends."""
-    recipients: list[Recipient] = []
+    recipients = _Recipients()
     start, count = at + 1, 0
     at = _skip(text, at + 1)
     if text.startswith("]", at):
@@ -105,9 +118,7 @@ def _recipients(text: str, at: int) -> tuple[list[Recipient], int]:
         if not last and not text.startswith(",", at):
             raise ValueError(f"expecting ',' or ']' at char {at}")
         if count == WINDOW or last:
-            recipients.extend(_recipients_window(text[start:at], len(recipients)))
-            if len(recipients) > MAX_RECIPIENTS:
-                raise _TooMany
+            recipients.add_window(text[start:at], count)
             start, count = at + 1, 0
         if last:
             return recipients, at + 1
@@ -115,7 +126,7 @@ def _recipients(text: str, at: int) -> tuple[list[Recipient], int]:
 
 
 def _request_value(text: str) -> Any:
-    """The body's value; in an object, `recipients` is a list of `Recipient` already."""
+    """The body's value; in an object, an array under `recipients` is read as `_Recipients`."""
     at = _skip(text, 0)
     if not text.startswith("{", at):
         value, at = _VALUES.raw_decode(text, at)
@@ -178,25 +189,24 @@ def decode_request(body: bytes, message_id: str | None, max_bytes: int) -> Deliv
     except ValueError as error:
         raise Rejection(INVALID_REQUEST, f"not valid JSON: {error}",
                         readable_delivery_id(body, message_id)) from None
-    except _TooMany:
-        raise Rejection(TOO_LARGE, f"recipients: more than {MAX_RECIPIENTS:,} in one request",
-                        readable_delivery_id(body, message_id)) from None
-    except _BadRecipients as bad:
-        errors = [(("recipients", bad.offset + item["loc"][0], *item["loc"][1:])
-                   if item["loc"] else ("recipients",), item["msg"])
-                  for item in bad.error.errors()]
-        raise Rejection(INVALID_REQUEST, _summary(errors, bad.error.error_count()),
-                        readable_delivery_id(body, message_id)) from None
     if not isinstance(data, dict):
         raise Rejection(INVALID_REQUEST, "the request must be a JSON object",
                         readable_delivery_id(body, message_id))
+    raw_id = data.get("delivery_id")
+    delivery_id = raw_id if isinstance(raw_id, str) and _DELIVERY_ID.match(raw_id) else None
+    recipients = data.get("recipients")
+    if isinstance(recipients, _Recipients):
+        if recipients.count > MAX_RECIPIENTS:
+            raise Rejection(TOO_LARGE, f"recipients: {recipients.count:,}; at most "
+                            f"{MAX_RECIPIENTS:,} in one request", delivery_id)
+        if recipients.error_count:
+            raise Rejection(INVALID_REQUEST,
+                            _summary(recipients.errors, recipients.error_count), delivery_id)
+        data["recipients"] = recipients.built
     try:  # what the stores cannot take: a lone surrogate (the recipients' pydantic refuses)
         orjson.dumps({key: value for key, value in data.items() if key != "recipients"})
     except orjson.JSONEncodeError as error:
-        raise Rejection(INVALID_REQUEST, f"cannot be stored: {error}",
-                        readable_delivery_id(body, message_id)) from None
-    raw_id = data.get("delivery_id")
-    delivery_id = raw_id if isinstance(raw_id, str) and _DELIVERY_ID.match(raw_id) else None
+        raise Rejection(INVALID_REQUEST, f"cannot be stored: {error}", delivery_id) from None
     try:
         return DeliveryRequest.model_validate(data)
     except ValidationError as error:

@@ -68,16 +68,42 @@ def test_a_bad_recipient_is_named_by_its_place_in_the_whole_list() -> None:
     assert refused.detail.startswith(f"recipients.{WINDOW + 234}.email: ")
 
 
+def test_bad_recipients_are_all_counted_and_the_request_named_by_its_own_id() -> None:
+    request = body(3 * WINDOW)
+    for index in (10, 2 * WINDOW, *range(2 * WINDOW + 1, 3 * WINDOW)):
+        request["recipients"][index]["email"] = "a"
+    request["recipients"][0]["vars"]["delivery_id"] = "evil"  # first in the body's text
+    request = {"recipients": request.pop("recipients"), **request}  # the request's id after
+    refused = rejection(orjson.dumps(request))
+    assert (refused.reason, refused.delivery_id) == (INVALID_REQUEST, "crm-1")
+    assert refused.detail.startswith("recipients.10.email: ")
+    assert f"recipients.{2 * WINDOW}.email: " in refused.detail
+    assert refused.detail.endswith(f"; and {WINDOW + 1 - 5} more")
+
+
+def test_a_syntax_error_after_a_bad_recipient_is_reported_as_such() -> None:
+    raw = b'{"delivery_id": "d", "recipients": [{"email": "a"}], "subject": }'
+    assert rejection(raw).detail.startswith("not valid JSON")
+
+
+def test_a_json_fault_in_a_recipient_names_no_position_of_its_window() -> None:
+    raw = json.dumps(body(recipients=[{"email": "a@example.com", "name": "\ud800"}])).encode()
+    refused = rejection(raw)
+    assert refused.detail.startswith("recipients: Invalid JSON")
+    assert "column" not in refused.detail
+
+
 def test_a_rejected_model_names_its_own_id_not_a_nested_one() -> None:
     refused = rejection(orjson.dumps(body(0, delivery_id="top-1")))
     assert (refused.reason, refused.delivery_id) == (INVALID_REQUEST, "top-1")
     assert "recipients" in refused.detail
 
 
-def test_more_recipients_than_allowed_is_too_large() -> None:
-    raw = orjson.dumps(body(0, recipients=[{"email": f"u{i}@x.jp"}
-                                           for i in range(MAX_RECIPIENTS + 1)]))
-    assert rejection(raw).reason == TOO_LARGE
+def test_more_recipients_than_allowed_is_too_large_even_with_bad_ones() -> None:
+    recipients = [{"email": f"u{i}@x.jp"} for i in range(MAX_RECIPIENTS + 1)]
+    recipients[5]["email"] = "a"
+    refused = rejection(orjson.dumps(body(0, recipients=recipients)))
+    assert (refused.reason, refused.delivery_id) == (TOO_LARGE, "crm-1")
 
 
 @pytest.mark.parametrize("changes", [
