@@ -213,8 +213,9 @@ class CpuMeter:
     wall: float = 0.0
 
     @classmethod
-    def of(cls, **processes: int) -> "CpuMeter":
-        groups = {name: [pid] for name, pid in processes.items()}
+    def of(cls, **processes: int | list[int]) -> "CpuMeter":
+        groups = {name: pids if isinstance(pids, list) else [pids]
+                  for name, pids in processes.items()}
         groups.update(stack_pids())
         groups["bench"] = [os.getpid()]
         return cls(groups)
@@ -279,7 +280,9 @@ def histogram(text: str, name: str) -> dict[float, float]:
     for line in text.splitlines():
         if line.startswith(f"{name}_bucket{{"):
             bound = line.split('le="', 1)[1].split('"', 1)[0]
-            counts[math.inf if bound == "+Inf" else float(bound)] = float(line.rsplit(" ", 1)[1])
+            key = math.inf if bound == "+Inf" else float(bound)
+            # summed: the text may be several replicas' expositions one after the other
+            counts[key] = counts.get(key, 0.0) + float(line.rsplit(" ", 1)[1])
     return counts
 
 
@@ -945,18 +948,18 @@ async def latency(bench: Bench, account_id: str, sender: ServiceProcess) -> None
 # -- 2. pacing ------------------------------------------------------------------------------
 
 
-async def pacing(bench: Bench, sends_csv: str | None = None) -> None:
+async def pacing(bench: Bench, sends_csv: str | None = None, replicas: int = 1) -> None:
     assert bench.events is not None and bench.pool is not None and bench.dispatcher
     sizes = bench.sizes
     per_account = math.ceil(sizes.warm_up_s + sizes.pacing_s) + PACING_MARGIN_S
     print(f"2. pacing: {sizes.accounts} accounts x {per_account} mails, {sizes.pacing_s:.0f} s "
           "measured ...", file=sys.stderr)
     ids = await bench.create_accounts(sizes.accounts, sizes.interval_ms)
-    # The sender first, on empty queues: subscribing to queues that already hold jobs is much
+    # The senders first, on empty queues: subscribing to queues that already hold jobs is much
     # slower (each account starts sending as it is subscribed, one after the other).
-    sender = await bench.start_sender(timeout=300)
-    subscribe_s = sender.ready_after_s
-    ready_rss = proc_status(sender.pid)["VmRSS"]
+    senders = [await bench.start_sender(timeout=300) for _ in range(replicas)]
+    subscribe_s = [sender.ready_after_s for sender in senders]
+    ready_rss = [proc_status(sender.pid)["VmRSS"] for sender in senders]
 
     bodies = [request_body(account_id, per_account, "pacing") for account_id in ids]
     delivery_ids = [body["delivery_id"] for body in bodies]
@@ -968,8 +971,9 @@ async def pacing(bench: Bench, sends_csv: str | None = None) -> None:
     fan_out_s = time.perf_counter() - started
     await asyncio.sleep(sizes.warm_up_s)
     bench.check_alive()
-    text_before = await sender.metrics_text()
-    cpu = CpuMeter.of(sender=sender.pid, dispatcher=bench.dispatcher.pid).start()
+    text_before = "\n".join([await sender.metrics_text() for sender in senders])
+    cpu = CpuMeter.of(sender=[sender.pid for sender in senders],
+                      dispatcher=bench.dispatcher.pid).start()
     window_start = await bench.pool.fetchval("SELECT clock_timestamp()")
     deadline = time.monotonic() + sizes.pacing_s
     while (left := deadline - time.monotonic()) > 0:
@@ -977,8 +981,16 @@ async def pacing(bench: Bench, sends_csv: str | None = None) -> None:
         bench.check_alive()
     window_end = await bench.pool.fetchval("SELECT clock_timestamp()")
     cpu.stop()
-    text_after = await sender.metrics_text()
-    peak_rss = proc_status(sender.pid)["VmHWM"]
+    text_after = "\n".join([await sender.metrics_text() for sender in senders])
+    peak_rss = [proc_status(sender.pid)["VmHWM"] for sender in senders]
+    # Which replica sends for each account: the holder of its lease (it holds it through the
+    # pause), read at the window's end.
+    holders = {row["lease_owner"]: row["accounts"] for row in await bench.pool.fetch(
+        "SELECT lease_owner, count(*) AS accounts FROM account_runtime "
+        "WHERE account_id = ANY($1::uuid[]) AND lease_until > clock_timestamp() "
+        "GROUP BY 1", ids)}
+    consumers = [metric_values(await sender.metrics_text(), ("mail_sender_consumers",))[
+        "mail_sender_consumers"] for sender in senders]
     bench.check_trouble()
 
     window_s = (window_end - window_start).total_seconds()
@@ -1029,11 +1041,13 @@ async def pacing(bench: Bench, sends_csv: str | None = None) -> None:
                                   histogram(text_after, "mail_sender_pause_overrun_seconds"), q)
                for q in (0.5, 0.9, 0.99)]
 
-    print(f"\n## 2. pacing: {len(ids)} accounts at {sizes.interval_ms:,} ms, one sender, "
+    who = "one sender" if replicas == 1 else f"{replicas} sender replicas"
+    print(f"\n## 2. pacing: {len(ids)} accounts at {sizes.interval_ms:,} ms, {who}, "
           f"{window_s:.1f} s measured after a {sizes.warm_up_s:.0f} s warm-up")
-    print(f"sender subscribed to {len(ids)} empty queues and ready in {subscribe_s:.1f} s; then "
-          f"{len(ids)} requests of {per_account} recipients, all accepted {fan_out_s:.1f} s "
-          "after their publish (each account sends from its acceptance)")
+    print(f"sender(s) subscribed to {len(ids)} empty queues and ready in "
+          f"{', '.join(f'{s:.1f}' for s in subscribe_s)} s; then {len(ids)} requests of "
+          f"{per_account} recipients, all accepted {fan_out_s:.1f} s after their publish (each "
+          "account sends from its acceptance)")
     print(f"baseline (ideal): {ideal:,.0f} mails/s; achieved {sends / window_s:,.1f} mails/s = "
           f"{sends / window_s / ideal:.1%} (goal: >= 99%)")
     counts = list(per_second.values())
@@ -1061,9 +1075,17 @@ async def pacing(bench: Bench, sends_csv: str | None = None) -> None:
           f"bucket bounds); shorter than the interval: {short:.0f}")
     print(f"sender CPU {cpu.used['sender'] / max(sends, 1) * 1e3:.2f} ms/mail; CPU in cores: "
           f"{cpu.summary()}")
-    print(f"sender RSS: {ready_rss / 1024:.0f} MB when ready, peak (VmHWM) "
-          f"{peak_rss / 1024:.0f} MB")
-    await sender.stop()
+    replica_ids = [sender.env["MAIL_REPLICA_ID"] for sender in senders]
+    for number, (replica_id, ready, peak, queues) in enumerate(
+            zip(replica_ids, ready_rss, peak_rss, consumers, strict=True), 1):
+        print(f"sender {number}: RSS {ready / 1024:.0f} MB when ready, peak (VmHWM) "
+              f"{peak / 1024:.0f} MB; consumes {queues:.0f} queues; sending for "
+              f"{holders.get(replica_id, 0)} accounts (leases held at the window's end)")
+    print(f"accounts without a live lease at the window's end: {len(ids) - sum(holders.values())}"
+          f"; held by another process: "
+          f"{sum(n for owner, n in holders.items() if owner not in replica_ids)}")
+    for sender in senders:
+        await sender.stop()
 
 
 # -- the run --------------------------------------------------------------------------------
@@ -1102,7 +1124,7 @@ async def run(args: argparse.Namespace) -> None:
             await bench.retire_accounts([account_id])
         if "pacing" in only:
             await wait_quiet(args.wait_quiet, "2. pacing")
-            await pacing(bench, args.sends_csv)
+            await pacing(bench, args.sends_csv, args.replicas)
     finally:
         await bench.clean_up()
 
@@ -1120,6 +1142,8 @@ def main() -> None:
                         help="2. pacing: this many accounts (default 500, quick 100)")
     parser.add_argument("--interval-ms", type=int, metavar="MS",
                         help="2. pacing: each account's interval (default 1,000)")
+    parser.add_argument("--replicas", type=int, default=1, metavar="N",
+                        help="2. pacing: this many sender processes (default 1)")
     parser.add_argument("--sends-csv", metavar="PATH",
                         help="2. pacing: also write every `sent` record of the window "
                         "(account, time) to this CSV file")
