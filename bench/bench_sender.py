@@ -477,10 +477,11 @@ class Bench:
         await self.pool.execute(
             "UPDATE accounts SET deleted_at = now() WHERE id = ANY($1::uuid[])", ids)
 
-    async def start_sender(self, timeout: float) -> ServiceProcess:
+    async def start_sender(self, timeout: float, db_pool: int | None = None) -> ServiceProcess:
         sender = ServiceProcess("sender", {
             "MAIL_FERNET_KEYS": self.fernet_key,
-            "MAIL_REPLICA_ID": f"bench-sender-{uuid.uuid4().hex[:8]}"})
+            "MAIL_REPLICA_ID": f"bench-sender-{uuid.uuid4().hex[:8]}",
+            **({"MAIL_DB_POOL_MAX": str(db_pool)} if db_pool else {})})
         self.senders.append(sender)
         await sender.start(timeout)
         return sender
@@ -948,7 +949,18 @@ async def latency(bench: Bench, account_id: str, sender: ServiceProcess) -> None
 # -- 2. pacing ------------------------------------------------------------------------------
 
 
-async def pacing(bench: Bench, sends_csv: str | None = None, replicas: int = 1) -> None:
+async def lease_holders(bench: Bench, ids: list[str]) -> dict[str, int]:
+    """Accounts by the replica that sends for them: the holder of the account's lease (held
+    through the pause). A lease's owner is "<replica id>/<worker token>"."""
+    assert bench.pool is not None
+    return {row["replica"]: row["accounts"] for row in await bench.pool.fetch(
+        "SELECT split_part(lease_owner, '/', 1) AS replica, count(*) AS accounts "
+        "FROM account_runtime WHERE account_id = ANY($1::uuid[]) "
+        "AND lease_until > clock_timestamp() GROUP BY 1", ids)}
+
+
+async def pacing(bench: Bench, sends_csv: str | None = None, replicas: int = 1,
+                 db_pool: int | None = None) -> None:
     assert bench.events is not None and bench.pool is not None and bench.dispatcher
     sizes = bench.sizes
     per_account = math.ceil(sizes.warm_up_s + sizes.pacing_s) + PACING_MARGIN_S
@@ -957,7 +969,7 @@ async def pacing(bench: Bench, sends_csv: str | None = None, replicas: int = 1) 
     ids = await bench.create_accounts(sizes.accounts, sizes.interval_ms)
     # The senders first, on empty queues: subscribing to queues that already hold jobs is much
     # slower (each account starts sending as it is subscribed, one after the other).
-    senders = [await bench.start_sender(timeout=300) for _ in range(replicas)]
+    senders = [await bench.start_sender(timeout=300, db_pool=db_pool) for _ in range(replicas)]
     subscribe_s = [sender.ready_after_s for sender in senders]
     ready_rss = [proc_status(sender.pid)["VmRSS"] for sender in senders]
 
@@ -971,6 +983,7 @@ async def pacing(bench: Bench, sends_csv: str | None = None, replicas: int = 1) 
     fan_out_s = time.perf_counter() - started
     await asyncio.sleep(sizes.warm_up_s)
     bench.check_alive()
+    holders_before = await lease_holders(bench, ids)
     text_before = "\n".join([await sender.metrics_text() for sender in senders])
     cpu = CpuMeter.of(sender=[sender.pid for sender in senders],
                       dispatcher=bench.dispatcher.pid).start()
@@ -983,12 +996,7 @@ async def pacing(bench: Bench, sends_csv: str | None = None, replicas: int = 1) 
     cpu.stop()
     text_after = "\n".join([await sender.metrics_text() for sender in senders])
     peak_rss = [proc_status(sender.pid)["VmHWM"] for sender in senders]
-    # Which replica sends for each account: the holder of its lease (it holds it through the
-    # pause), read at the window's end.
-    holders = {row["lease_owner"]: row["accounts"] for row in await bench.pool.fetch(
-        "SELECT lease_owner, count(*) AS accounts FROM account_runtime "
-        "WHERE account_id = ANY($1::uuid[]) AND lease_until > clock_timestamp() "
-        "GROUP BY 1", ids)}
+    holders = await lease_holders(bench, ids)
     consumers = [metric_values(await sender.metrics_text(), ("mail_sender_consumers",))[
         "mail_sender_consumers"] for sender in senders]
     bench.check_trouble()
@@ -1080,7 +1088,8 @@ async def pacing(bench: Bench, sends_csv: str | None = None, replicas: int = 1) 
             zip(replica_ids, ready_rss, peak_rss, consumers, strict=True), 1):
         print(f"sender {number}: RSS {ready / 1024:.0f} MB when ready, peak (VmHWM) "
               f"{peak / 1024:.0f} MB; consumes {queues:.0f} queues; sending for "
-              f"{holders.get(replica_id, 0)} accounts (leases held at the window's end)")
+              f"{holders_before.get(replica_id, 0)} accounts at the window's start, "
+              f"{holders.get(replica_id, 0)} at its end (the leases held)")
     print(f"accounts without a live lease at the window's end: {len(ids) - sum(holders.values())}"
           f"; held by another process: "
           f"{sum(n for owner, n in holders.items() if owner not in replica_ids)}")
@@ -1124,7 +1133,7 @@ async def run(args: argparse.Namespace) -> None:
             await bench.retire_accounts([account_id])
         if "pacing" in only:
             await wait_quiet(args.wait_quiet, "2. pacing")
-            await pacing(bench, args.sends_csv, args.replicas)
+            await pacing(bench, args.sends_csv, args.replicas, args.sender_db_pool)
     finally:
         await bench.clean_up()
 
@@ -1144,6 +1153,9 @@ def main() -> None:
                         help="2. pacing: each account's interval (default 1,000)")
     parser.add_argument("--replicas", type=int, default=1, metavar="N",
                         help="2. pacing: this many sender processes (default 1)")
+    parser.add_argument("--sender-db-pool", type=int, metavar="N",
+                        help="2. pacing: each sender's MAIL_DB_POOL_MAX (its default, 40, "
+                        "times three replicas is over PostgreSQL's 100 connections)")
     parser.add_argument("--sends-csv", metavar="PATH",
                         help="2. pacing: also write every `sent` record of the window "
                         "(account, time) to this CSV file")
