@@ -121,13 +121,15 @@ async def test_a_robust_connection_goes_on_to_the_next_node_when_its_node_dies(
         queue = await channel.declare_queue(name, passive=True)
         await cluster.kill(2)
         try:
+            # `connected` is set before the connection restores its channels: the channel
+            # being open again is the sign that the move is over (CI once published in between).
             async def on_node_3() -> bool:
                 return (connection.url.port == URL(cluster.urls[2]).port
-                        and connection.connected.is_set())
+                        and connection.connected.is_set() and not channel.is_closed)
 
-            await eventually(on_node_3, timeout=20)
+            await eventually(on_node_3, timeout=30)
 
-            # The channel is restored there, and a publish is confirmed (while the quorum
+            # A publish on the restored channel is confirmed (while the quorum
             # counts node 2's loss it may be nacked: a publisher's retry, as the services'
             # publishers do).
             async def confirmed() -> bool:
