@@ -78,8 +78,10 @@ class Recipient:
     vars: dict[str, str] = Field(default_factory=dict)
 
 
-RECIPIENTS = TypeAdapter(list[Recipient])  # a window of them at a time (decode, hash)
-CANONICAL_WINDOW = 1000
+RECIPIENTS = TypeAdapter(list[Recipient])
+# How many recipients are built (decode) or dumped (hash) at a time: the memory of a request
+# of 100,000 stays that of its recipients, not of a second copy of them all.
+RECIPIENT_WINDOW = 1000
 
 
 class DeliveryRequest(Model):
@@ -125,9 +127,9 @@ class DeliveryRequest(Model):
                                      option=orjson.OPT_SORT_KEYS).split(
             b'"recipients":"' + marker.encode() + b'"')
         digest = hashlib.sha256(before + b'"recipients":[')
-        for start in range(0, len(self.recipients), CANONICAL_WINDOW):
+        for start in range(0, len(self.recipients), RECIPIENT_WINDOW):
             window = RECIPIENTS.dump_python(
-                self.recipients[start:start + CANONICAL_WINDOW], mode="json")
+                self.recipients[start:start + RECIPIENT_WINDOW], mode="json")
             if start:
                 digest.update(b",")
             digest.update(orjson.dumps(window, option=orjson.OPT_SORT_KEYS)[1:-1])

@@ -17,7 +17,13 @@ import orjson
 from pydantic import ValidationError
 
 from services.dispatcher.rejection import INVALID_REQUEST, TOO_LARGE, Rejection
-from shared.messages import MAX_RECIPIENTS, RECIPIENTS, DeliveryRequest, Recipient
+from shared.messages import (
+    MAX_RECIPIENTS,
+    RECIPIENT_WINDOW,
+    RECIPIENTS,
+    DeliveryRequest,
+    Recipient,
+)
 
 _DELIVERY_ID = re.compile(r"^[A-Za-z0-9._:-]{1,200}$")
 _DELIVERY_ID_IN_BYTES = re.compile(rb'"delivery_id"\s*:\s*"([A-Za-z0-9._:-]{1,200})"')
@@ -25,7 +31,6 @@ _WHITESPACE = re.compile(r"[ \t\n\r]*")
 _POSITION = re.compile(r" at line \d+ column \d+$")
 _MAX_INT_DIGITS = 32
 _MAX_ERRORS_SHOWN = 5
-WINDOW = 1000
 
 
 def readable_delivery_id(body: bytes, message_id: str | None) -> str | None:
@@ -117,7 +122,7 @@ def _recipients(text: str, at: int) -> tuple[_Recipients, int]:
         last = text.startswith("]", at)
         if not last and not text.startswith(",", at):
             raise ValueError(f"expecting ',' or ']' at char {at}")
-        if count == WINDOW or last:
+        if count == RECIPIENT_WINDOW or last:
             recipients.add_window(text[start:at], count)
             start, count = at + 1, 0
         if last:

@@ -6,9 +6,10 @@ import json
 import orjson
 import pytest
 
-from services.dispatcher.decode import WINDOW, decode_request
+from services.dispatcher.decode import decode_request
 from services.dispatcher.rejection import INVALID_REQUEST, TOO_LARGE, Rejection
 from shared.messages import MAX_RECIPIENTS, DeliveryRequest
+from shared.messages import RECIPIENT_WINDOW as WINDOW
 
 LIMIT = 32 << 20
 

@@ -4,7 +4,7 @@ import orjson
 import pytest
 from pydantic import ValidationError
 
-from shared.messages import CANONICAL_WINDOW, DeliveryRequest, MailSent
+from shared.messages import RECIPIENT_WINDOW, DeliveryRequest, MailSent
 
 VALID = {
     "delivery_id": "crm-2026-000123",
@@ -53,7 +53,7 @@ def _whole_dump_sha256(request: DeliveryRequest) -> bytes:
                                        option=orjson.OPT_SORT_KEYS)).digest()
 
 
-@pytest.mark.parametrize("count", [1, CANONICAL_WINDOW, CANONICAL_WINDOW * 2 + 7])
+@pytest.mark.parametrize("count", [1, RECIPIENT_WINDOW, RECIPIENT_WINDOW * 2 + 7])
 def test_the_canonical_hash_is_that_of_the_whole_dump_hashed_by_windows(count: int) -> None:
     request = DeliveryRequest.model_validate({
         **VALID, "account_id": "acc-1", "priority": "high",
