@@ -106,10 +106,11 @@ class DeliveryRequest(Model):
     def _body_and_metadata(self) -> "DeliveryRequest":
         if self.text is None and self.html is None:
             raise ValueError("at least one of text and html is required")
-        try:
+        try:  # what the stores cannot take: an integer over 64 bits, a lone surrogate
+            orjson.dumps(self.model_dump(exclude={"recipients", "metadata"}))
             size = len(orjson.dumps(self.metadata))
-        except orjson.JSONEncodeError as error:  # an integer over 64 bits, say
-            raise ValueError(f"metadata cannot be stored: {error}") from None
+        except orjson.JSONEncodeError as error:
+            raise ValueError(f"cannot be stored: {error}") from None
         if size > METADATA_MAX_BYTES:
             raise ValueError(f"metadata is larger than {METADATA_MAX_BYTES} bytes")
         if self.send_at and self.expires_at and self.expires_at <= self.send_at:

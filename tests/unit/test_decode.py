@@ -111,6 +111,8 @@ def test_more_recipients_than_allowed_is_too_large_even_with_bad_ones() -> None:
     {"metadata": {"n": 10**30}},
     {"metadata": {"s": "\ud800"}},
     {"subject": "\udc00 hello"},
+    {"text": "\ud800"},
+    {"requested_by": "crm\udfff"},
     {"recipients": [{"email": "a@example.com", "name": "\ud800"}]},
 ])
 def test_what_the_stores_cannot_take_is_a_rejection_not_a_crash(changes: dict) -> None:
