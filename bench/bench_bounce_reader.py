@@ -19,14 +19,14 @@ from pathlib import Path
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
-from services.sender.bounce_reader import MailboxPoller, Watched
-from services.sender.bounces import BounceIntake
-from services.sender.dsn import parse
+from services.sender.bounces.dsn import parse
+from services.sender.bounces.intake import BounceIntake
+from services.sender.bounces.mailbox import MailboxReader
+from services.sender.bounces.reader import MailboxPoller, Watched
+from services.sender.bounces.verp import Verp
 from services.sender.main import MIGRATIONS as SENDER_MIGRATIONS
-from services.sender.verp import Verp
 from shared.db import create_pool, migrate
 from shared.logging import configure_logging
-from shared.mailbox import MailboxReader
 from tests.conftest import required_env
 from tests.integration.dispatcher_fixtures import insert_account, migrate_all
 from tests.support.dovecot import Dovecot

@@ -13,7 +13,7 @@ from pathlib import Path
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
-from services.sender.dsn import parse
+from services.sender.bounces.dsn import parse
 from tests.unit.bounce_corpus import CORPUS
 
 ROUNDS = 300

@@ -15,7 +15,7 @@ from pathlib import Path
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))  # run as a script from anywhere
 
-from services.sender.compose import Composer, DeliveryContent
+from services.sender.delivery.compose import Composer, DeliveryContent
 from shared.templating import Template, recipient_values
 
 MAILS = 5_000

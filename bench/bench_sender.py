@@ -67,7 +67,7 @@ from bench.smtp_sink import SmtpSink, SmtpSinkError
 from services.config_svc.main import MIGRATIONS as ACCOUNTS_MIGRATIONS
 from services.dispatcher.main import MIGRATIONS as DISPATCHER_MIGRATIONS
 from services.sender import ledger
-from services.sender.compose import Composer, DeliveryContent, envelope_address
+from services.sender.delivery.compose import Composer, DeliveryContent, envelope_address
 from services.sender.main import MIGRATIONS as SENDER_MIGRATIONS
 from shared.crypto import SecretBox
 from shared.db import create_pool, migrate

@@ -5,7 +5,6 @@ from collections.abc import Mapping
 from typing import Any
 
 from shared.crypto import SecretBox
-from shared.mailbox import Mailbox
 from shared.smtp import PopLogin, SmtpEndpoint
 
 
@@ -28,17 +27,4 @@ def smtp_endpoint(row: Mapping[str, Any], box: SecretBox) -> SmtpEndpoint:
         local_hostname=row["local_hostname"],
         username=row["smtp_username"] if row["smtp_auth"] else None,
         password=password, pop=pop,
-    )
-
-
-def bounce_mailbox(row: Mapping[str, Any], box: SecretBox) -> Mailbox | None:
-    """The account's bounce mailbox (contract §6), or None when it has none; raises
-    UndecryptableSecret naming the account."""
-    if not row["bounce_protocol"] or not row["bounce_password_enc"]:
-        return None
-    return Mailbox(
-        protocol=row["bounce_protocol"], host=row["bounce_host"], port=row["bounce_port"],
-        tls=row["bounce_tls"], username=row["bounce_username"],
-        password=box.decrypt(row["bounce_password_enc"], account_id=str(row["id"]),
-                             field="bounce_password"),
     )

@@ -4,7 +4,7 @@ from collections.abc import Mapping
 from dataclasses import dataclass
 from typing import Any
 
-VERP_LOCAL_MAX = 64 - 1 - 32  # local + "+" + the token (services/sender/verp.py)
+VERP_LOCAL_MAX = 64 - 1 - 32  # local + "+" + the token (services/sender/bounces/verp.py)
 
 
 @dataclass(frozen=True)

@@ -7,7 +7,7 @@ from typing import Any
 
 import asyncpg
 
-from services.sender.compose import DeliveryContent
+from services.sender.delivery.compose import DeliveryContent
 
 SETTLED = frozenset({"sent", "failed", "unknown", "expired", "cancelled"})
 # Not to be sent by the job in hand: settled, or `scheduled` (the job is a stale copy: the

@@ -8,14 +8,14 @@ from pathlib import Path
 
 import structlog
 
-from services.sender.bounce_reader import BounceReaders, MailboxPoller
-from services.sender.bounces import BounceIntake
+from services.sender.bounces.intake import BounceIntake
+from services.sender.bounces.reader import BounceReaders, MailboxPoller
+from services.sender.bounces.verp import Verp
+from services.sender.consumers.supervisor import Supervisor
+from services.sender.delivery.recorder import DatabaseHealth
 from services.sender.parts import Composers, SenderParts
-from services.sender.recorder import DatabaseHealth
 from services.sender.settings import SenderSettings
-from services.sender.supervisor import Supervisor
 from services.sender.sweep import sweep_forever
-from services.sender.verp import Verp
 from shared.crypto import SecretBox
 from shared.db import create_stateless_pool
 from shared.http import Health, HttpServer, health_app

@@ -10,10 +10,10 @@ import asyncpg
 from aio_pika.abc import AbstractChannel
 
 from services.sender import ledger
-from services.sender.compose import Composer
-from services.sender.recorder import DatabaseHealth
+from services.sender.bounces.verp import Verp
+from services.sender.delivery.compose import Composer
+from services.sender.delivery.recorder import DatabaseHealth
 from services.sender.settings import SenderSettings
-from services.sender.verp import Verp
 from shared.crypto import SecretBox
 from shared.topology import EventPublisher, Topology
 

@@ -10,12 +10,12 @@ import orjson
 import pytest
 from aio_pika.abc import AbstractQueue, AbstractRobustConnection
 
+from services.sender.bounces.verp import Verp
+from services.sender.consumers.supervisor import Supervisor
+from services.sender.delivery.recorder import DatabaseHealth
 from services.sender.main import MIGRATIONS
 from services.sender.parts import Composers, SenderParts
-from services.sender.recorder import DatabaseHealth
 from services.sender.settings import SenderSettings
-from services.sender.supervisor import Supervisor
-from services.sender.verp import Verp
 from shared.crypto import SecretBox
 from shared.db import migrate
 from shared.messages import AccountUpdated

@@ -14,16 +14,16 @@ from typing import Any
 import pytest
 
 from services.sender import ledger
-from services.sender.bounce_reader import (
+from services.sender.bounces.intake import BounceIntake, FromMailbox
+from services.sender.bounces.mailbox import MailboxError, MailboxReader
+from services.sender.bounces.reader import (
     MailboxPoller,
     Watched,
     WatchedRef,
     watched_mailboxes,
 )
-from services.sender.bounces import BounceIntake, FromMailbox
-from services.sender.verp import Verp
+from services.sender.bounces.verp import Verp
 from shared.crypto import SecretBox
-from shared.mailbox import MailboxError, MailboxReader
 from tests.conftest import eventually
 from tests.integration.accounts_fixtures import KEY
 from tests.integration.dispatcher_fixtures import request_body

@@ -5,8 +5,8 @@ received them, handed to the sender's bounce intake (the mailbox reader's part).
 import uuid
 from typing import Any
 
-from services.sender.bounces import BounceIntake
-from services.sender.verp import Verp
+from services.sender.bounces.intake import BounceIntake
+from services.sender.bounces.verp import Verp
 from tests.integration.accounts_fixtures import KEY
 from tests.integration.dispatcher_fixtures import request_body
 from tests.integration.sender_fixtures import SenderStack, sender_on

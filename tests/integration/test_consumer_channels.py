@@ -1,12 +1,12 @@
-"""The account consumers' channels (services/sender/consumers.py): subscriptions made at once
-spread over several channels, every pair registered once, no channel over its share."""
+"""The account consumers' channels (services/sender/consumers/channels.py): subscriptions
+made at once spread over several channels, every pair registered once, no channel over its share."""
 
 import asyncio
 import uuid
 
 from aio_pika.abc import AbstractRobustConnection
 
-from services.sender.consumers import SPREAD_CHANNELS, ConsumerChannels
+from services.sender.consumers.channels import SPREAD_CHANNELS, ConsumerChannels
 from shared.topology import Topology, open_confirmed_channel
 
 

@@ -24,9 +24,9 @@ import pytest
 from aio_pika.abc import AbstractChannel, AbstractIncomingMessage, AbstractRobustConnection
 from aiosmtpd.smtp import SMTP, Envelope, Session
 
+from services.sender.consumers.supervisor import STANDBY_DELAY_S, rendezvous_owner
 from services.sender.main import MIGRATIONS as SENDER_MIGRATIONS
 from services.sender.settings import SenderSettings
-from services.sender.supervisor import STANDBY_DELAY_S, rendezvous_owner
 from shared.db import Pooling, migrate
 from shared.topology import Topology, make_message, open_confirmed_channel, publish
 from tests.conftest import eventually

@@ -7,7 +7,7 @@ import ssl
 import uuid
 from dataclasses import dataclass
 
-from shared.mailbox import Mailbox
+from services.sender.bounces.mailbox import Mailbox
 from tests.conftest import required_env
 
 HOST = "127.0.0.1"

@@ -2,8 +2,8 @@
 
 import pytest
 
-from services.sender.bounce_kind import classify
-from services.sender.dsn import parse
+from services.sender.bounces.dsn import parse
+from services.sender.bounces.kind import classify
 from tests.unit.bounce_corpus import CORPUS
 
 

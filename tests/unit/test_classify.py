@@ -3,7 +3,7 @@ the pacing arithmetic of a throttled account."""
 
 import pytest
 
-from services.sender.classify import (
+from services.sender.delivery.classify import (
     Kind,
     Verdict,
     classify,

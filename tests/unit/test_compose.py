@@ -8,8 +8,8 @@ from email.utils import parsedate_to_datetime
 
 import pytest
 
-from services.sender import compose as compose_module
-from services.sender.compose import (
+from services.sender.delivery import compose as compose_module
+from services.sender.delivery.compose import (
     ComposedMail,
     Composer,
     DeliveryContent,

@@ -1,6 +1,6 @@
 """Which standby may send a paused account's jobs."""
 
-from services.sender.failover import may_send_as, standby_for
+from services.sender.consumers.failover import may_send_as, standby_for
 
 
 def account(**changes: object) -> dict:

@@ -4,8 +4,8 @@ from datetime import timedelta
 
 import pytest
 
-from services.sender.classify import Kind, Verdict
-from services.sender.outcome import Defer, PauseAccount, Settle, after_failure
+from services.sender.delivery.classify import Kind, Verdict
+from services.sender.delivery.outcome import Defer, PauseAccount, Settle, after_failure
 
 TIERS = (30, 120, 600, 3600)
 DAY = timedelta(days=1)

@@ -4,7 +4,7 @@ released only when it is the worker's own."""
 
 import asyncio
 
-from services.sender.pacer import LEASE_MARGIN_S, Pacer
+from services.sender.delivery.pacer import LEASE_MARGIN_S, Pacer
 
 
 class FakeClock:

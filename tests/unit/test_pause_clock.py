@@ -1,6 +1,6 @@
 import time
 
-from services.sender.pacer import sleep_until
+from services.sender.delivery.pacer import sleep_until
 
 
 async def test_sleep_until_never_returns_before_its_deadline() -> None:

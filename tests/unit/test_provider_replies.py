@@ -3,7 +3,7 @@ same rows as the table in docs/provider-replies.md."""
 
 import pytest
 
-from services.sender.classify import Kind, classify
+from services.sender.delivery.classify import Kind, classify
 from shared.smtp import SmtpStageError
 
 Q, T, X, A, P = Kind.QUOTA, Kind.TRANSIENT, Kind.THROTTLED, Kind.ACCOUNT_FAULT, Kind.PERMANENT

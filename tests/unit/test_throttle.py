@@ -4,7 +4,7 @@ fastest the window allows, with few refusals after the first window."""
 
 import pytest
 
-from services.sender.throttle import RateLearner
+from services.sender.delivery.throttle import RateLearner
 
 
 def deliver(limit: int, window_s: float, total: int, send_s: float = 0.01,

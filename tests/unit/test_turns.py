@@ -6,7 +6,7 @@ import time
 
 import pytest
 
-from services.sender.turns import Interrupted, Turns
+from services.sender.delivery.turns import Interrupted, Turns
 
 
 async def _take(turns: Turns, urgent: bool, order: list[str], name: str,

@@ -1,6 +1,6 @@
 import string
 
-from services.sender.verp import Verp
+from services.sender.bounces.verp import Verp
 
 BASE = "bounces@shop.example.com"
 

@@ -2,8 +2,8 @@
 
 import orjson
 
-from services.sender.compose import account_address_problem
-from services.sender.worker import clean_text
+from services.sender.delivery.compose import account_address_problem
+from services.sender.delivery.worker import clean_text
 
 
 def test_a_reply_with_bytes_that_are_not_utf8_and_a_nul_can_be_stored() -> None:

@@ -20,8 +20,8 @@ import asyncpg
 import structlog
 
 from services.sender import ledger, metrics
-from services.sender.dsn import BouncedRecipient, Report, parse
-from services.sender.verp import Verp
+from services.sender.bounces.dsn import BouncedRecipient, Report, parse
+from services.sender.bounces.verp import Verp
 from shared.messages import AccountWarning, MailBounced, stable_event_id
 
 log = structlog.get_logger(__name__)

@@ -29,14 +29,14 @@ from aio_pika.exceptions import ChannelInvalidStateError, DeliveryError
 from pydantic import ValidationError
 
 from services.sender import ledger, metrics
-from services.sender.classify import Verdict, classify, decayed_interval_ms
-from services.sender.compose import Composer, account_address_problem, envelope_address
-from services.sender.outcome import Defer, PauseAccount, Settle, after_failure
-from services.sender.pacer import Pacer, QuotaReached
+from services.sender.delivery.classify import Verdict, classify, decayed_interval_ms
+from services.sender.delivery.compose import Composer, account_address_problem, envelope_address
+from services.sender.delivery.outcome import Defer, PauseAccount, Settle, after_failure
+from services.sender.delivery.pacer import Pacer, QuotaReached
+from services.sender.delivery.recorder import Recorder
+from services.sender.delivery.throttle import RateLearner
+from services.sender.delivery.turns import Interrupted, Turns
 from services.sender.parts import SenderParts
-from services.sender.recorder import Recorder
-from services.sender.throttle import RateLearner
-from services.sender.turns import Interrupted, Turns
 from shared.accounts import smtp_endpoint
 from shared.crypto import UndecryptableSecret
 from shared.messages import (

@@ -17,7 +17,7 @@ from typing import Literal
 
 from flufl.bounce import all_failures
 
-from services.sender.bounce_kind import Kind, classify, status_of
+from services.sender.bounces.kind import Kind, classify, status_of
 
 ReportKind = Literal["dsn", "complaint", "plain", "autoreply", "unknown"]
 

@@ -18,10 +18,9 @@ import asyncpg
 import structlog
 
 from services.sender import ledger, metrics
-from services.sender.bounces import BounceIntake, FromMailbox
-from shared.accounts import bounce_mailbox
+from services.sender.bounces.intake import BounceIntake, FromMailbox
+from services.sender.bounces.mailbox import Mailbox, MailboxError, MailboxReader, bounce_mailbox
 from shared.crypto import SecretBox, UndecryptableSecret
-from shared.mailbox import Mailbox, MailboxError, MailboxReader
 
 log = structlog.get_logger(__name__)
 

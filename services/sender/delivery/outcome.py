@@ -8,7 +8,7 @@ from collections.abc import Sequence
 from dataclasses import dataclass
 from datetime import timedelta
 
-from services.sender.classify import Kind, Verdict, retry_delay
+from services.sender.delivery.classify import Kind, Verdict, retry_delay
 
 
 @dataclass(frozen=True)

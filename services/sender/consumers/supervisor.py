@@ -21,10 +21,11 @@ import orjson
 import structlog
 from aio_pika.abc import AbstractConnection, AbstractIncomingMessage
 
-from services.sender import failover, ledger, metrics
-from services.sender.consumers import ConsumerChannels
+from services.sender import ledger, metrics
+from services.sender.consumers import failover
+from services.sender.consumers.channels import ConsumerChannels
+from services.sender.delivery.worker import AccountWorker
 from services.sender.parts import SenderParts
-from services.sender.worker import AccountWorker
 
 log = structlog.get_logger(__name__)
 
