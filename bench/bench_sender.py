@@ -66,7 +66,7 @@ from bench.service_process import (
 from bench.smtp_sink import SmtpSink, SmtpSinkError
 from services.config_svc.main import MIGRATIONS as ACCOUNTS_MIGRATIONS
 from services.dispatcher.main import MIGRATIONS as DISPATCHER_MIGRATIONS
-from services.sender import ledger
+from services.sender import store
 from services.sender.delivery.compose import Composer, DeliveryContent, envelope_address
 from services.sender.main import MIGRATIONS as SENDER_MIGRATIONS
 from shared.crypto import SecretBox
@@ -761,7 +761,7 @@ async def steps(bench: Bench, observed_rate: float) -> None:
     count = 500 if bench.sizes is FULL else 200
     print(f"1b. the sender's steps, {count} times each ...", file=sys.stderr)
     [account_id] = await bench.create_accounts(1, 0, served=False)
-    await ledger.ensure_runtime(pool, account_id)
+    await store.ensure_runtime(pool, account_id)
     delivery_id = f"bench-sender-steps-{uuid.uuid4().hex[:12]}"
     bench.deliveries.append(delivery_id)
     async with pool.acquire() as db, db.transaction():
@@ -775,7 +775,7 @@ async def steps(bench: Bench, observed_rate: float) -> None:
                                             "state", "queued_at"],
             records=[(delivery_id, i, r["email"], r["name"], r["vars"], "queued",
                       datetime.now(UTC)) for i, r in enumerate(map(recipient, range(count)))])
-    content, metadata = await ledger.content(pool, delivery_id, {
+    content, metadata = await store.content(pool, delivery_id, {
         "from_address": FROM_ADDRESS, "from_name": FROM_NAME, "reply_to": None})
     composer = Composer(content)
     session = SmtpSession(SmtpEndpoint(host=bench.sink.host, port=bench.sink.port, tls="none"),
@@ -787,19 +787,19 @@ async def steps(bench: Bench, observed_rate: float) -> None:
     timer = StepTimer()
     try:
         await session.open()
-        await ledger.take_lease(pool, account_id, owner, 0, 120)  # then kept by each record
+        await store.take_lease(pool, account_id, owner, 0, 120)  # then kept by each record
         for body in bodies:
             timer.begin()
             job = SendJob.model_validate_json(body)
             timer.mark("decode the job (pydantic)")
-            await ledger.recipient(pool, job.delivery_id, job.index)
+            await store.recipient(pool, job.delivery_id, job.index)
             timer.mark("read the ledger row (pool)")
             mail = composer.compose(email=job.email, name=job.name, vars=job.vars)
             timer.mark("compose the mail")
             code, _ = await session.send(envelope_address(FROM_ADDRESS),
                                          envelope_address(job.email), mail.data)
             timer.mark("SMTP transaction (MAIL, RCPT, DATA)")
-            await ledger.record(
+            await store.record(
                 pool, delivery_id=job.delivery_id, index=job.index, state="sent", code=code,
                 message="ok", message_id=mail.message_id, account_id=account_id, owner=owner,
                 touched_server=True, hold=timedelta(seconds=5), completed_id=delivery_id,
@@ -917,7 +917,7 @@ async def latency(bench: Bench, account_id: str, sender: ServiceProcess) -> None
             if i < 5:  # the first five warm up
                 continue
             totals.append(sent_at - started)
-            ledger.append(recorded - wall)
+            store.append(recorded - wall)
             confirms.append(confirmed - started)
             accepts.append(accepted_at - confirmed)
             sends.append(sent_at - accepted_at)

@@ -9,7 +9,7 @@ from typing import Any
 import asyncpg
 from aio_pika.abc import AbstractChannel
 
-from services.sender import ledger
+from services.sender import store
 from services.sender.bounces.verp import Verp
 from services.sender.delivery.compose import Composer
 from services.sender.delivery.recorder import DatabaseHealth
@@ -32,7 +32,7 @@ class Composers:
         if key in self._cache:
             self._cache.move_to_end(key)
             return self._cache[key]
-        content, metadata = await ledger.content(self._pool, delivery_id, account)
+        content, metadata = await store.content(self._pool, delivery_id, account)
         entry = (Composer(content), metadata)
         self._cache[key] = entry
         if len(self._cache) > self._size:

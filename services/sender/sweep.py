@@ -16,34 +16,22 @@ from datetime import timedelta
 import asyncpg
 import structlog
 
-from services.sender import ledger, metrics
+from services.sender import metrics, store
 from shared.messages import MailFailed, stable_event_id
 
 log = structlog.get_logger(__name__)
 
-SWEEP_LOCK = 0x6D61696C_73776570  # "mailswep": one sweeper at a time across replicas
 REASON = "the account was deleted before this recipient was sent"
 OWNER = "sweep"  # never a lease's owner: the record touches no lease
-
-
-async def orphans(db: asyncpg.Connection, grace: timedelta,
-                  limit: int) -> list[asyncpg.Record]:
-    return await db.fetch(
-        "SELECT r.delivery_id, r.idx, r.email, r.attempts, d.account_id, d.metadata "
-        "FROM delivery_recipients r JOIN deliveries d USING (delivery_id) "
-        "JOIN accounts a ON a.id = d.account_id "
-        "WHERE r.state IN ('new', 'scheduled', 'queued', 'deferred') AND a.deleted_at IS NOT NULL "
-        "AND a.deleted_at < now() - $1::interval ORDER BY r.delivery_id, r.idx LIMIT $2",
-        grace, limit)
 
 
 async def sweep_once(pool: asyncpg.Pool, grace: timedelta, limit: int = 500) -> int:
     """Settles up to `limit` orphans; returns how many. 0 when another sender sweeps."""
     async with pool.acquire() as db:
         async with db.transaction():
-            if not await db.fetchval("SELECT pg_try_advisory_xact_lock($1)", SWEEP_LOCK):
+            if not await store.take_sweep(db):
                 return 0
-            rows = await orphans(db, grace, limit)
+            rows = await store.orphans(db, grace, limit)
         # One record a transaction, as a send's: a delivery's row is never held from one
         # recipient to the next (a cancel locks the recipients first, then the delivery). A
         # second sweeper reading the same orphans meanwhile records nothing twice.
@@ -56,7 +44,7 @@ async def sweep_once(pool: asyncpg.Pool, grace: timedelta, limit: int = 500) -> 
                 metadata=row["metadata"], account_id=str(row["account_id"]),
                 recipient=row["email"], stage="sender", smtp_code=None, smtp_message=REASON,
                 permanent=True, attempts=0)
-            recorded = await ledger.record(
+            recorded = await store.record(
                 db, delivery_id=delivery_id, index=index, state="failed", code=None,
                 message=REASON, message_id=None, account_id=str(row["account_id"]),
                 owner=OWNER, touched_server=False, event=event.model_dump(mode="json"),
@@ -75,7 +63,7 @@ async def sweep_forever(pool: asyncpg.Pool, every_s: float, grace: timedelta,
         try:
             while await sweep_once(pool, grace) == 500:
                 pass
-            await ledger.forget_old_sends(pool)
+            await store.forget_old_sends(pool)
         except Exception:
             log.exception("sweep failed; it runs again later")
         else:

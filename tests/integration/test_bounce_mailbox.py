@@ -13,7 +13,7 @@ from typing import Any
 
 import pytest
 
-from services.sender import ledger
+from services.sender import store
 from services.sender.bounces.intake import BounceIntake, FromMailbox
 from services.sender.bounces.mailbox import MailboxError, MailboxReader
 from services.sender.bounces.reader import (
@@ -56,7 +56,7 @@ async def with_mailbox(stack: SenderStack, dovecot: Dovecot, protocol: str, tls:
 async def watched(stack: SenderStack, dovecot: Dovecot, user: str, protocol: str,
                   tls: str) -> Watched:
     """What the reader makes of the accounts table for this test's mailbox."""
-    rows = await ledger.bounce_accounts(stack.dispatcher.pool)
+    rows = await store.bounce_accounts(stack.dispatcher.pool)
     return watched_mailboxes(rows, SecretBox([KEY]))[dovecot.mailbox(user, protocol, tls).key]
 
 

@@ -15,7 +15,7 @@ import aio_pika
 import asyncpg
 
 from services.config_svc.queues import AccountQueues
-from services.sender import ledger, metrics
+from services.sender import metrics, store
 from shared.crypto import SecretBox
 from shared.messages import AccountDeleted, SendJob
 from shared.topology import make_message, publish
@@ -337,12 +337,12 @@ async def test_every_transaction_that_reached_the_server_moves_last_end_whoever_
         "SELECT count(*) = 2 FROM delivery_recipients WHERE delivery_id = $1 "
         "AND state = 'queued'", body["delivery_id"]))
     account = stack.account_id
-    await ledger.ensure_runtime(pool, account)
-    assert await ledger.take_lease(pool, account, "replica/other-worker", 0, 30) is not None
+    await store.ensure_runtime(pool, account)
+    assert await store.take_lease(pool, account, "replica/other-worker", 0, 30) is not None
     await pool.execute("UPDATE account_runtime SET last_end = now() - interval '1 hour' "
                        "WHERE account_id = $1", account)
 
-    recorded = await ledger.record(
+    recorded = await store.record(
         pool, delivery_id=body["delivery_id"], index=0, state="sent", code=250, message="ok",
         message_id="<m@x>", account_id=account, owner="replica/late-worker",
         touched_server=True, hold=timedelta(seconds=5))
@@ -353,6 +353,6 @@ async def test_every_transaction_that_reached_the_server_moves_last_end_whoever_
 
     future = await pool.fetchval("UPDATE account_runtime SET last_end = now() + interval "
                                  "'1 minute' WHERE account_id = $1 RETURNING last_end", account)
-    await ledger.mark_end(pool, account)  # a withdrawn transaction
+    await store.mark_end(pool, account)  # a withdrawn transaction
     assert await pool.fetchval("SELECT last_end FROM account_runtime WHERE account_id = $1",
                                account) == future  # never backwards

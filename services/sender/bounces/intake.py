@@ -19,7 +19,7 @@ from datetime import timedelta
 import asyncpg
 import structlog
 
-from services.sender import ledger, metrics
+from services.sender import metrics, store
 from services.sender.bounces.dsn import BouncedRecipient, Report, parse
 from services.sender.bounces.verp import Verp
 from shared.messages import AccountWarning, MailBounced, stable_event_id
@@ -69,7 +69,7 @@ class BounceIntake:
         """`accounts`: the accounts whose mailbox it is; only their mail is matched."""
         report = await self._read(raw)
         async with self._pool.acquire() as db, db.transaction():
-            if source is not None and not await ledger.remember_message(
+            if source is not None and not await store.remember_message(
                     db, source.mailbox, source.uid, report.kind, report.kind in CONSUMED):
                 return Handled(report.kind, 0, 0, 0, seen_before=True)
             handled, warnings = await self._record(db, report, account_id, verp_bases,
@@ -88,7 +88,7 @@ class BounceIntake:
         """A message that failed again and again: remembered, left in the mailbox for a
         person, never read again (the rest of the mailbox is read on)."""
         async with self._pool.acquire() as db:
-            await ledger.remember_message(db, source.mailbox, source.uid, "unreadable", False)
+            await store.remember_message(db, source.mailbox, source.uid, "unreadable", False)
         log.error("bounce mailbox message set aside", mailbox=source.mailbox, uid=source.uid,
                   why=why)
 
@@ -113,7 +113,7 @@ class BounceIntake:
         failures = [r for r in report.recipients if r.action != "delayed"]
         if not failures:
             if report.kind != "dsn":  # a DSN of delays only is no bounce and no mystery
-                await ledger.record_unmatched(db, account_id=account_id, report=report.kind,
+                await store.record_unmatched(db, account_id=account_id, report=report.kind,
                                               message_id=report.message_id, recipient=None,
                                               detail="no recipient found in it")
                 return Handled(report.kind, 0, 1, 0), []
@@ -133,7 +133,7 @@ class BounceIntake:
                 if row["state"] == "bounced":  # a second report of the same bounce
                     continue
                 said = f"its recipient is {row['state']}, not sent: {said}"  # failed ...
-            await ledger.record_unmatched(
+            await store.record_unmatched(
                 db, account_id=account_id, report=report.kind, message_id=report.message_id,
                 recipient=failure.recipient, detail=said)
             unmatched += 1
@@ -145,11 +145,11 @@ class BounceIntake:
         # bounce quotes none of the original.
         named = self._verp.find(report.to, verp_bases) if verp_bases else None
         if named is not None:
-            row = await ledger.sent_by_ref(db, *named, accounts)
+            row = await store.sent_by_ref(db, *named, accounts)
             if row is not None:
                 return row
         if report.message_id:
-            return await ledger.sent_by_message_id(db, report.message_id, accounts)
+            return await store.sent_by_message_id(db, report.message_id, accounts)
         return None
 
     async def _bounce(self, db: asyncpg.Connection, row: asyncpg.Record,
@@ -161,7 +161,7 @@ class BounceIntake:
             metadata=row["metadata"], account_id=account_id, recipient=row["email"],
             message_id=row["message_id"] or "", kind=failure.kind, status=failure.status,
             diagnostic=failure.diagnostic, remote_mta=failure.remote_mta)
-        applied, now_suppressed = await ledger.record_bounce(
+        applied, now_suppressed = await store.record_bounce(
             db, delivery_id=row["delivery_id"], index=row["idx"], kind=failure.kind,
             status=failure.status, diagnostic=failure.diagnostic,
             event=event.model_dump(mode="json"), soft_limit=self._soft_limit,
@@ -173,8 +173,8 @@ class BounceIntake:
             log.warning("policy bounce: the provider refuses the account or its content",
                         account_id=account_id, status=failure.status,
                         diagnostic=failure.diagnostic)
-            if await ledger.policy_warning_due(db, account_id):
-                await ledger.add_event(db, AccountWarning(
+            if await store.policy_warning_due(db, account_id):
+                await store.add_event(db, AccountWarning(
                     account_id=account_id, reason="policy_bounce", status=failure.status,
                     diagnostic=failure.diagnostic, remote_mta=failure.remote_mta,
                 ).model_dump(mode="json"))

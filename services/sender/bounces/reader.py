@@ -17,7 +17,7 @@ from dataclasses import dataclass
 import asyncpg
 import structlog
 
-from services.sender import ledger, metrics
+from services.sender import metrics, store
 from services.sender.bounces.intake import BounceIntake, FromMailbox
 from services.sender.bounces.mailbox import Mailbox, MailboxError, MailboxReader, bounce_mailbox
 from shared.crypto import SecretBox, UndecryptableSecret
@@ -109,7 +109,7 @@ class MailboxPoller:
     async def read_once(self, watched: Watched) -> Pass | None:
         """One pass; None when another reader holds the mailbox."""
         key = watched.mailbox.key
-        if not await ledger.take_mailbox(self._pool, key, self._owner, self._lease_ttl_s):
+        if not await store.take_mailbox(self._pool, key, self._owner, self._lease_ttl_s):
             return None
         try:
             async with MailboxReader(watched.mailbox, self._ssl_context,
@@ -117,15 +117,15 @@ class MailboxPoller:
                 result = await self._read(reader, watched)
         finally:
             with contextlib.suppress(Exception):  # it expires by itself
-                await ledger.release_mailbox(self._pool, key, self._owner)
+                await store.release_mailbox(self._pool, key, self._owner)
         metrics.BOUNCE_READS.labels("ok").inc()
         return result
 
     async def _read(self, reader: MailboxReader, watched: Watched) -> Pass:
         key = watched.mailbox.key
         ids = await reader.ids()
-        await ledger.forget_messages_gone(self._pool, key, ids)
-        known = await ledger.messages_read(self._pool, key, ids)
+        await store.forget_messages_gone(self._pool, key, ids)
+        known = await store.messages_read(self._pool, key, ids)
         waiting = [uid for uid in ids if uid not in known or known[uid]]
         read = removed = 0
         loop = asyncio.get_running_loop()
@@ -135,7 +135,7 @@ class MailboxPoller:
             if read >= self._batch:
                 return Pass(read, removed, len(waiting) - position)
             if loop.time() >= extend_at:
-                if not await ledger.take_mailbox(self._pool, key, self._owner,
+                if not await store.take_mailbox(self._pool, key, self._owner,
                                                  self._lease_ttl_s):
                     return Pass(read, removed, len(waiting) - position)  # lost: stop here
                 extend_at = loop.time() + self._lease_ttl_s / 4
@@ -209,7 +209,7 @@ class BounceReaders:
             await self.stop()
 
     async def reconcile(self) -> None:
-        wanted = watched_mailboxes(await ledger.bounce_accounts(self._pool), self._box)
+        wanted = watched_mailboxes(await store.bounce_accounts(self._pool), self._box)
         for key in list(self._tasks):
             if key not in wanted:
                 task, _ = self._tasks.pop(key)

@@ -21,7 +21,7 @@ import orjson
 import structlog
 from aio_pika.abc import AbstractConnection, AbstractIncomingMessage
 
-from services.sender import ledger, metrics
+from services.sender import metrics, store
 from services.sender.consumers import failover
 from services.sender.consumers.channels import ConsumerChannels
 from services.sender.delivery.worker import AccountWorker
@@ -107,8 +107,7 @@ class Supervisor:
             await worker.close_session()
             with contextlib.suppress(Exception):
                 await worker.release_lease()
-        await self._parts.pool.execute("DELETE FROM sender_replicas WHERE replica_id = $1",
-                                       self._parts.settings.replica_id)
+        await store.leave(self._parts.pool, self._parts.settings.replica_id)
 
     @property
     def consuming_all(self) -> bool:
@@ -133,7 +132,7 @@ class Supervisor:
     async def reconcile(self, only: str | None = None) -> None:
         if self._stopping:
             return
-        rows = await ledger.live_accounts(self._parts.pool)
+        rows = await store.live_accounts(self._parts.pool)
         if only is not None:
             rows = [row for row in rows if str(row["id"]) == only]
         wanted = {str(row["id"]): row for row in rows
@@ -207,7 +206,7 @@ class Supervisor:
             self._pending_standby.difference_update(account_ids)
 
     async def _subscribe_standby(self, account_ids: list[str]) -> None:
-        rows = {str(row["id"]): row for row in await ledger.live_accounts(self._parts.pool)}
+        rows = {str(row["id"]): row for row in await store.live_accounts(self._parts.pool)}
         async with self._lock:
             if self._stopping:
                 return
@@ -244,10 +243,10 @@ class Supervisor:
                 gate.set()
 
     async def _subscribe(self, account_id: str, gate: asyncio.Event | None = None) -> None:
-        account = await ledger.account(self._parts.pool, account_id)
+        account = await store.account(self._parts.pool, account_id)
         if account is None:
             return
-        await ledger.ensure_runtime(self._parts.pool, account_id)
+        await store.ensure_runtime(self._parts.pool, account_id)
         worker = self.workers.get(account_id)
         if worker is None:
             worker = await self._worker_for(account)
@@ -347,10 +346,10 @@ class Supervisor:
                  and row["standby_account_ids"]]
         homes += [home for home in self.borrows if home not in homes]
         for home in homes:
-            account = await ledger.account(self._parts.pool, home)
+            account = await store.account(self._parts.pool, home)
             standby = None
             if account is not None and account["deleted_at"] is None:
-                standbys = {standby_id: await ledger.account(self._parts.pool, standby_id)
+                standbys = {standby_id: await store.account(self._parts.pool, standby_id)
                             for standby_id in account["standby_account_ids"] or []}
                 standby = failover.standby_for(account, standbys.get)
             worker = self.workers.get(standby) if standby else None
@@ -385,7 +384,7 @@ class Supervisor:
                           account_id=account_id)
 
     async def _follow(self, kind: str, account_id: str) -> None:
-        account = await ledger.account(self._parts.pool, account_id)
+        account = await store.account(self._parts.pool, account_id)
         worker = self.workers.get(account_id)
         if account is not None and kind in ("account.updated", "account.resumed"):
             reason = account["paused_reason"]
@@ -396,7 +395,7 @@ class Supervisor:
                     worker = await self._worker_for(account)
                 await worker.resume(announce=kind != "account.resumed")
                 self._stop_probe(account_id)
-                account = await ledger.account(self._parts.pool, account_id)
+                account = await store.account(self._parts.pool, account_id)
             if worker is not None and account is not None:
                 async with worker.busy:
                     await worker.update(account)
@@ -419,7 +418,7 @@ class Supervisor:
         try:
             if resumes_at is not None:
                 await asyncio.sleep(max(0.0, (resumes_at - datetime.now(UTC)).total_seconds()))
-            account = await ledger.account(self._parts.pool, account_id)
+            account = await store.account(self._parts.pool, account_id)
             if account is None or account["paused_reason"] != "quota":
                 return
             worker = await self._worker_for(account)
@@ -440,7 +439,7 @@ class Supervisor:
             while True:
                 await asyncio.sleep(wait)
                 worker = self.workers.get(account_id)
-                account = await ledger.account(self._parts.pool, account_id)
+                account = await store.account(self._parts.pool, account_id)
                 if account is None or account["paused_reason"] != "connect":
                     return
                 if worker is None:
@@ -479,9 +478,7 @@ class Supervisor:
                 await worker.close_if_idle(now)
 
     async def _heartbeat(self) -> None:
-        await self._parts.pool.execute(
-            "INSERT INTO sender_replicas (replica_id) VALUES ($1) ON CONFLICT (replica_id) "
-            "DO UPDATE SET seen_at = now()", self._parts.settings.replica_id)
+        await store.heartbeat(self._parts.pool, self._parts.settings.replica_id)
 
     async def _heartbeat_loop(self) -> None:
         while True:
@@ -509,7 +506,4 @@ class Supervisor:
         return owner != self._parts.settings.replica_id and owner in settled
 
     async def _live_replicas(self) -> list[str]:
-        rows = await self._parts.pool.fetch(
-            "SELECT replica_id FROM sender_replicas WHERE seen_at > now() - $1::interval",
-            timedelta(seconds=HEARTBEAT_S * 3))
-        return [row["replica_id"] for row in rows]
+        return await store.live_replicas(self._parts.pool, timedelta(seconds=HEARTBEAT_S * 3))

@@ -15,7 +15,7 @@ from typing import Any, TypeVar
 import asyncpg
 import structlog
 
-from services.sender import ledger, metrics
+from services.sender import metrics, store
 
 log = structlog.get_logger(__name__)
 T = TypeVar("T")
@@ -68,9 +68,9 @@ class Recorder:
     async def record(self, *, delivery_id: str, index: int, state: str, code: int | None,
                      text: str, message_id: str | None, touched_server: bool,
                      hold: timedelta | None, event: dict[str, Any] | None,
-                     completed_id: str) -> ledger.Recorded:
+                     completed_id: str) -> store.Recorded:
         started = time.monotonic()
-        recorded = await persist(lambda: ledger.record(
+        recorded = await persist(lambda: store.record(
             self._pool, delivery_id=delivery_id, index=index, state=state, code=code,
             message=text, message_id=message_id, account_id=self._account_id,
             owner=self._owner, touched_server=touched_server, hold=hold, event=event,
@@ -79,11 +79,11 @@ class Recorder:
         return recorded
 
     async def mark_end(self) -> None:
-        await persist(lambda: ledger.mark_end(self._pool, self._account_id),
+        await persist(lambda: store.mark_end(self._pool, self._account_id),
                       "recording the end of a transaction", self._health)
 
     async def release_lease(self, touched_server: bool) -> None:
-        await persist(lambda: ledger.release_lease(self._pool, self._account_id, self._owner,
+        await persist(lambda: store.release_lease(self._pool, self._account_id, self._owner,
                                                    touched_server),
                       "giving the lease back", self._health)
 
@@ -91,6 +91,6 @@ class Recorder:
                          event: dict[str, Any] | None,
                          resumes_at: datetime | None = None) -> bool:
         return await persist(
-            lambda: ledger.set_paused(self._pool, self._account_id, reason, detail, event,
+            lambda: store.set_paused(self._pool, self._account_id, reason, detail, event,
                                       resumes_at),
             "recording the account's pause", self._health)

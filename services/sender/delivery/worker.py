@@ -28,7 +28,7 @@ from aio_pika.abc import AbstractExchange, AbstractIncomingMessage, AbstractQueu
 from aio_pika.exceptions import ChannelInvalidStateError, DeliveryError
 from pydantic import ValidationError
 
-from services.sender import ledger, metrics
+from services.sender import metrics, store
 from services.sender.delivery.classify import Verdict, classify, decayed_interval_ms
 from services.sender.delivery.compose import Composer, account_address_problem, envelope_address
 from services.sender.delivery.outcome import Defer, PauseAccount, Settle, after_failure
@@ -112,7 +112,7 @@ def expired(row: Any) -> bool:
 
 def sendable(row: Any) -> bool:
     """The recipient's row, if any, says the job may be sent now."""
-    return (row is not None and row["state"] not in ledger.NOT_TO_SEND and not expired(row)
+    return (row is not None and row["state"] not in store.NOT_TO_SEND and not expired(row)
             and row["paused_at"] is None)
 
 
@@ -130,7 +130,7 @@ class AccountWorker:
         self._on_pause = on_pause
         # The lease is this worker's, not the replica's: two workers never send at once.
         self.token = f"{parts.settings.replica_id}/{secrets.token_hex(4)}"
-        self._lease = ledger.AccountLease(parts.pool, self.account_id)
+        self._lease = store.AccountLease(parts.pool, self.account_id)
         self.pacer = Pacer(self._lease, self.token, ttl_s=parts.settings.lease_ttl_s)
         self.turns = Turns(self.pacer.ready_at)  # an urgent job first, when the pause ends
         self._follow(account)
@@ -169,7 +169,7 @@ class AccountWorker:
         be written."""
         self.account = account
         self.pacer.interval_ms = self._effective_interval(account)
-        self._lease.quotas = ledger.Quotas.of(account)
+        self._lease.quotas = store.Quotas.of(account)
         self.pacer.counts_quotas = bool(self._lease.quotas)
         self._address_problem = account_address_problem(account["from_address"],
                                                         account["reply_to"])
@@ -337,7 +337,7 @@ class AccountWorker:
         if job.account_id != queue_account:
             return None
         try:
-            row = await ledger.recipient(self._parts.pool, job.delivery_id, job.index)
+            row = await store.recipient(self._parts.pool, job.delivery_id, job.index)
         except Exception:
             log.warning("reading a job's ledger row on its arrival failed; it takes its turn",
                         exc_info=True, delivery_id=job.delivery_id, index=job.index)
@@ -357,12 +357,12 @@ class AccountWorker:
         queue_account = str(home["id"]) if home is not None else self.account_id
         try:
             state = row["state"]
-            if state in ledger.SETTLED - {"cancelled", "expired"}:
+            if state in store.SETTLED - {"cancelled", "expired"}:
                 return False
             if state in ("queued", "deferred", "new"):
                 if expired(row):
                     await self._expire(job, row, queue_account)
-                elif row["paused_at"] is None or not await ledger.hold(
+                elif row["paused_at"] is None or not await store.hold(
                         self._parts.pool, job.delivery_id, job.index):
                     return False
             await message.ack()
@@ -467,8 +467,8 @@ class AccountWorker:
                 job.delivery_id, self._home if self._home is not None else self.account)
             mail = composer.compose(email=job.email, name=job.name, vars=job.vars)
         except (LookupError, ValueError) as error:
-            row = await ledger.recipient(self._parts.pool, job.delivery_id, job.index)
-            if row is None or row["state"] in ledger.NOT_TO_SEND:
+            row = await store.recipient(self._parts.pool, job.delivery_id, job.index)
+            if row is None or row["state"] in store.NOT_TO_SEND:
                 return await self._already_done(job, row)
             if isinstance(error, LookupError):
                 raise
@@ -502,7 +502,7 @@ class AccountWorker:
         self.pacer.observe(arrived)
         # The ledger row is read while MAIL and RCPT are on the wire; DATA waits for it.
         check = asyncio.ensure_future(
-            ledger.recipient(self._parts.pool, job.delivery_id, job.index))
+            store.recipient(self._parts.pool, job.delivery_id, job.index))
         opened = session.connections
 
         async def still_to_send() -> bool:
@@ -512,7 +512,7 @@ class AccountWorker:
                 # replaced): a cancel may have committed meanwhile, before this MAIL.
                 check.cancel()
                 check = asyncio.ensure_future(
-                    ledger.recipient(self._parts.pool, job.delivery_id, job.index))
+                    store.recipient(self._parts.pool, job.delivery_id, job.index))
             return sendable(await check)
 
         started = time.perf_counter()
@@ -525,18 +525,18 @@ class AccountWorker:
             self._look_first = True
             await self._recorder.mark_end()
             row = check.result()
-            if row is not None and row["state"] not in ledger.NOT_TO_SEND:
+            if row is not None and row["state"] not in store.NOT_TO_SEND:
                 if expired(row):
                     await self._expire(job, row, self._queue_account)
                     return Ack()
                 # Its delivery was paused while the job waited for its turn.
-                if await ledger.hold(self._parts.pool, job.delivery_id, job.index):
+                if await store.hold(self._parts.pool, job.delivery_id, job.index):
                     return Ack()
                 return ToQueue(self._queue_account)  # resumed meanwhile: sent in its turn
             return await self._already_done(job, row)
         except SmtpStageError as error:
             row = await check
-            if row is None or row["state"] in ledger.NOT_TO_SEND:
+            if row is None or row["state"] in store.NOT_TO_SEND:
                 await self._recorder.mark_end()
                 return await self._already_done(job, row)
             return await self._failed(job, row, metadata, error, classify(error))
@@ -709,7 +709,7 @@ class AccountWorker:
         log.warning("account throttled by its provider", wait_s=round(wait_s, 3),
                     learnt_limit=self._rate.limit, learnt_window_s=self._rate.window_s)
         try:  # the slower pace holds here at once; storing and announcing it may lag
-            await ledger.set_interval(self._parts.pool, self.account_id,
+            await store.set_interval(self._parts.pool, self.account_id,
                                       pace if pace is not None and pace > self.interval_ms
                                       else None)
             await self._parts.events.publish(AccountThrottled(
@@ -735,7 +735,7 @@ class AccountWorker:
         self.pacer.interval_ms = slower
         at_pace = slower <= configured
         try:
-            await ledger.set_interval(self._parts.pool, self.account_id,
+            await store.set_interval(self._parts.pool, self.account_id,
                                       None if at_pace else slower)
         except Exception:
             # The outcome is recorded; the next success writes the pace again.
@@ -769,7 +769,7 @@ class AccountWorker:
         published `account.resumed` (an operator's resume). Announced once, whichever
         replica resumes first."""
         event = AccountResumed(account_id=self.account_id) if announce else None
-        await ledger.set_paused(self._parts.pool, self.account_id, None, None,
+        await store.set_paused(self._parts.pool, self.account_id, None, None,
                                 event.model_dump(mode="json") if event else None)
         self._parts.wake_events()
         self._connect_failures = 0
