@@ -26,8 +26,8 @@ format: venv
 	.venv/bin/ruff check --fix . && .venv/bin/ruff format .
 
 schemas: venv                   ## regenerate docs/schemas/ and docs/asyncapi.yaml from shared/messages.py
-	$(PY) -m shared.schemas docs/schemas
-	$(PY) -m shared.asyncapi docs/asyncapi.yaml
+	$(PY) -m tools.schemas docs/schemas
+	$(PY) -m tools.asyncapi docs/asyncapi.yaml
 
 bench: venv                     ## every benchmark in bench/, on a private stack
 	deploy/local/bench.sh

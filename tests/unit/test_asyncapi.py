@@ -8,8 +8,8 @@ from pathlib import Path
 import jsonschema
 import yaml
 
-from shared.asyncapi import DEFAULT_PATH, examples, render
 from shared.messages import MESSAGE_TYPES
+from tools.asyncapi import DEFAULT_PATH, examples, render
 
 ROOT = Path(__file__).resolve().parents[2]
 SCHEMA = ROOT / "docs" / "asyncapi-schema" / "3.0.0-without-id.json"

@@ -1,4 +1,4 @@
-from shared.schemas import DEFAULT_DIR, render_all
+from tools.schemas import DEFAULT_DIR, render_all
 
 
 def test_committed_json_schemas_match_the_message_models() -> None:
