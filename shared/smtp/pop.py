@@ -1,8 +1,8 @@
 """POP-before-SMTP: a POP3 login that makes some mail servers accept SMTP from our address.
 
 The login runs the standard library's poplib in a thread. This module knows nothing of SMTP:
-`shared.smtp` calls `pop_login` and turns a `PopError` into its own stage error (stage `pop`),
-so that the two modules do not import each other.
+`shared.smtp.session` calls `pop_login` and turns a `PopError` into its own stage error
+(stage `pop`), so that the two modules do not import each other.
 """
 
 import asyncio
