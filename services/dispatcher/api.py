@@ -74,30 +74,42 @@ def create_app(pool: asyncpg.Pool, locks: DeliveryLocks, verifier: TokenVerifier
         return JSONResponse({"reason": rejection.reason, "detail": rejection.detail,
                              "delivery_id": rejection.delivery_id}, status_code=status)
 
-    async def visible_delivery(delivery_id: str, user: User) -> asyncpg.Record:
-        row = await repository.get_delivery(pool, delivery_id)
-        # Administrators see every delivery; others the ones they requested.
-        if row is None or not (user.is_admin or row["requested_by"] == user.sub):
-            raise HTTPException(404, f"no delivery {delivery_id}")
-        return row
+    # In this order: it is the order of the routes in the OpenAPI document.
+    _suppression_routes(app, pool, UserDep)
+    _request_routes(app, pool, UserDep, publish_request, max_request_bytes)
+    _control_routes(app, pool, locks, canceller, UserDep, wake_schedule)
+    _status_routes(app, pool, UserDep)
+    app.router.routes.extend(health_routes(health))
+    return app
 
-    def require_admin(user: User) -> None:
-        if not user.is_admin:
-            raise HTTPException(403, "only an administrator may read or change the "
-                                "suppression list")
 
+async def _visible_delivery(pool: asyncpg.Pool, delivery_id: str, user: User) -> asyncpg.Record:
+    row = await repository.get_delivery(pool, delivery_id)
+    # Administrators see every delivery; others the ones they requested.
+    if row is None or not (user.is_admin or row["requested_by"] == user.sub):
+        raise HTTPException(404, f"no delivery {delivery_id}")
+    return row
+
+
+def _require_admin(user: User) -> None:
+    if not user.is_admin:
+        raise HTTPException(403, "only an administrator may read or change the "
+                            "suppression list")
+
+
+def _suppression_routes(app: FastAPI, pool: asyncpg.Pool, UserDep: Any) -> None:
     @app.get("/v1/suppressions")
     async def suppressions(user: UserDep, q: str | None = Query(None, max_length=320),
                            limit: int = Query(50, ge=1, le=500),
                            offset: int = Query(0, ge=0)) -> dict[str, Any]:
-        require_admin(user)
+        _require_admin(user)
         rows, total = await repository.list_suppressions(pool, q, limit, offset)
         return {"items": [dict(row) for row in rows], "total": total, "limit": limit,
                 "offset": offset}
 
     @app.post("/v1/suppressions", status_code=201)
     async def add_suppression(body: SuppressionIn, user: UserDep) -> dict[str, Any]:
-        require_admin(user)
+        _require_admin(user)
         try:
             email = check_address(body.email)
         except ValueError as error:
@@ -107,11 +119,14 @@ def create_app(pool: asyncpg.Pool, locks: DeliveryLocks, verifier: TokenVerifier
 
     @app.delete("/v1/suppressions/{email}", status_code=204)
     async def remove_suppression(email: str, user: UserDep) -> Response:
-        require_admin(user)
+        _require_admin(user)
         if not await repository.unsuppress(pool, email):
             raise HTTPException(404, "not on the suppression list")
         return Response(status_code=204)
 
+
+def _request_routes(app: FastAPI, pool: asyncpg.Pool, UserDep: Any,
+                    publish_request: RequestPublisher, max_request_bytes: int) -> None:
     @app.post("/v1/deliveries", status_code=202)
     async def request_delivery(request: Request, user: UserDep,
                                ignore_suppressions: bool = False) -> dict[str, Any]:
@@ -160,12 +175,16 @@ def create_app(pool: asyncpg.Pool, locks: DeliveryLocks, verifier: TokenVerifier
             items.append(item)
         return {"items": items, "total": total, "limit": limit, "offset": offset}
 
+
+def _control_routes(app: FastAPI, pool: asyncpg.Pool, locks: DeliveryLocks,
+                    canceller: Canceller, UserDep: Any,
+                    wake_schedule: Callable[[], None]) -> None:
     @app.post("/v1/deliveries/{delivery_id}/cancel")
     async def cancel(delivery_id: str, user: UserDep, request: Request) -> dict[str, Any]:
         body = (await request.body()).strip()
         if body not in (b"", b"{}"):
             raise HTTPException(422, "the cancel takes an empty body or {}")
-        await visible_delivery(delivery_id, user)  # its requester or an administrator
+        await _visible_delivery(pool, delivery_id, user)  # its requester or an administrator
         done = await canceller.cancel(delivery_id, user.sub)
         if done is None:
             raise HTTPException(404, f"no delivery {delivery_id}")
@@ -175,7 +194,7 @@ def create_app(pool: asyncpg.Pool, locks: DeliveryLocks, verifier: TokenVerifier
     async def pause(delivery_id: str, user: UserDep) -> dict[str, Any]:
         """The delivery's jobs are taken out of the account's queue as they come up (its
         other deliveries go on); its recipients wait as `scheduled` until resumed."""
-        row = await visible_delivery(delivery_id, user)
+        row = await _visible_delivery(pool, delivery_id, user)
         # Under the delivery's lock: after a fan-out in progress (the intake's, the
         # schedule's), so that a resume's fan-out always comes after it.
         async with locks.hold(delivery_id) as db:
@@ -185,18 +204,20 @@ def create_app(pool: asyncpg.Pool, locks: DeliveryLocks, verifier: TokenVerifier
 
     @app.post("/v1/deliveries/{delivery_id}/resume")
     async def resume(delivery_id: str, user: UserDep) -> dict[str, Any]:
-        await visible_delivery(delivery_id, user)
+        await _visible_delivery(pool, delivery_id, user)
         async with locks.hold(delivery_id) as db:
             resumed = await repository.resume(db, delivery_id)
         if resumed is not None:
             wake_schedule()  # what was taken out goes back into the queue at once
-        row = await visible_delivery(delivery_id, user)
+        row = await _visible_delivery(pool, delivery_id, user)
         counts = await repository.recipient_counts(pool, delivery_id)
         return {"delivery_id": delivery_id, "state": counted_state(row, counts)}
 
+
+def _status_routes(app: FastAPI, pool: asyncpg.Pool, UserDep: Any) -> None:
     @app.get("/v1/deliveries/{delivery_id}")
     async def status(delivery_id: str, user: UserDep) -> dict[str, Any]:
-        row = await visible_delivery(delivery_id, user)
+        row = await _visible_delivery(pool, delivery_id, user)
         counts = await repository.recipient_counts(pool, delivery_id)
         return {
             "delivery_id": delivery_id,
@@ -229,10 +250,7 @@ def create_app(pool: asyncpg.Pool, locks: DeliveryLocks, verifier: TokenVerifier
         delivery_id: str, user: UserDep, state: State | None = None,
         limit: int = Query(100, ge=1, le=1000), offset: int = Query(0, ge=0),
     ) -> dict[str, Any]:
-        await visible_delivery(delivery_id, user)
+        await _visible_delivery(pool, delivery_id, user)
         rows = await repository.recipients(pool, delivery_id, state, limit, offset)
         return {"items": [{"index": r.pop("idx"), **r} for r in rows], "limit": limit,
                 "offset": offset}
-
-    app.router.routes.extend(health_routes(health))
-    return app
