@@ -1,0 +1,1 @@
+"""The models of shared.messages, by kind; import them from shared.messages."""
