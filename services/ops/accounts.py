@@ -11,20 +11,12 @@ import asyncpg
 import structlog
 from aio_pika.abc import AbstractChannel, AbstractConnection
 
-from services.config_svc import repository
-from services.config_svc.accounts import AccountService, NotFound, TestMailConfig
-from services.config_svc.queues import AccountQueues
+from services.config_svc import ops_api
+from services.ops.errors import OpsError
 from shared.auth import ADMIN_ROLE, User
-from shared.crypto import SecretBox
-from shared.outbox import OutboxRelay
-from shared.smtp import client_ssl_context
-from shared.topology import Topology, open_confirmed_channel, open_transaction_channel
+from shared.topology import Topology
 
 log = structlog.get_logger(__name__)
-
-
-class OpsError(Exception):
-    """A refusal or failure to print to the operator (exit code 1), never a traceback."""
 
 
 @dataclass(frozen=True)
@@ -60,22 +52,6 @@ def check_account_id(value: str) -> str:
         raise OpsError(f"not an account id (a UUID): {value!r}") from None
 
 
-_STATUS = """
-SELECT a.id, a.name, a.is_default, a.personal, a.paused, a.send_interval_ms,
-       r.paused_reason, r.paused_at, r.paused_detail, r.interval_ms, r.last_end, r.resumes_at,
-       a.quota_per_minute, a.quota_per_hour, a.quota_per_day,
-       (SELECT count(*) FILTER (WHERE s.at > now() - interval '1 minute') AS minute
-        FROM account_sends s WHERE s.account_id = a.id AND s.at > now() - interval '1 day'),
-       (SELECT count(*) FILTER (WHERE s.at > now() - interval '1 hour') AS hour
-        FROM account_sends s WHERE s.account_id = a.id AND s.at > now() - interval '1 day'),
-       (SELECT count(*) AS day
-        FROM account_sends s WHERE s.account_id = a.id AND s.at > now() - interval '1 day')
-FROM accounts a LEFT JOIN account_runtime r ON r.account_id = a.id
-WHERE a.deleted_at IS NULL AND ($1::uuid[] IS NULL OR a.id = ANY($1::uuid[]))
-ORDER BY a.is_default DESC, a.name
-"""
-
-
 async def list_accounts(pool: asyncpg.Pool, connection: AbstractConnection, topology: Topology,
                         account_ids: Sequence[str] = ()) -> list[AccountStatus]:
     """Live accounts (all, or those named), with their queue depth asked of the broker now.
@@ -84,7 +60,7 @@ async def list_accounts(pool: asyncpg.Pool, connection: AbstractConnection, topo
     creates nothing; a missing queue is reported as such."""
     ids = [check_account_id(value) for value in account_ids] or None
     try:
-        rows = await pool.fetch(_STATUS, ids)
+        rows = await ops_api.account_statuses(pool, ids)
     except asyncpg.UndefinedTableError as error:
         raise OpsError(f"the database lacks a table ({error}); run the migrations first") from None
     if ids is not None:
@@ -141,30 +117,13 @@ async def set_paused(pool: asyncpg.Pool, connection: AbstractConnection, topolog
                      keys: Sequence[str] = ()) -> PauseResult:
     """What `POST /v1/accounts/{id}/pause` (or `/resume`) does, as the administrator
     `cli:<login>`: `accounts.paused` and the account event in one transaction (the outbox);
-    then one drain of the outbox, so that the event goes out now even when no config_svc runs
-    (a running one may publish it first: the outbox rows are locked, never sent twice)."""
+    then the waiting account events are published at once."""
     account_id = check_account_id(account_id)
     user = User(sub=f"cli:{login}", roles=frozenset({ADMIN_ROLE}))
-    before = await repository.get(pool, account_id)
-    if before is None:
+    change = await ops_api.set_paused(pool, connection, topology, account_id, paused, user,
+                                      keys)
+    if change is None:
         raise OpsError(f"no live account {account_id}")
-    channel = await open_confirmed_channel(connection)
-    relay_channel = await open_transaction_channel(connection)
-    try:
-        # Pausing touches no secret; the box is only there because the service needs one.
-        box = SecretBox(list(keys) or [SecretBox.generate_key()])
-        service = AccountService(pool, box, AccountQueues(channel, topology), lambda: None,
-                                 TestMailConfig(client_ssl_context(), timeout_s=10))
-        try:
-            account = await service.set_paused(account_id, paused, user)
-        except NotFound:
-            raise OpsError(f"no live account {account_id}") from None
-        published = await OutboxRelay(pool, relay_channel, topology, table="account_outbox",
-                                      poll_s=1).drain()
-    finally:
-        for opened in (channel, relay_channel):
-            with contextlib.suppress(Exception):
-                await opened.close()
-    return PauseResult(account_id=account_id, name=account.name, paused=account.paused,
-                       changed=before["paused"] != paused, by=user.sub,
-                       events_published=published)
+    return PauseResult(account_id=account_id, name=change.name, paused=change.paused,
+                       changed=change.changed, by=user.sub,
+                       events_published=change.events_published)

@@ -31,10 +31,11 @@ import orjson
 from aio_pika.abc import AbstractConnection
 from pydantic import Field, SecretStr
 
-from services.dispatcher import repository as dispatcher_repository
+from services.config_svc import ops_api
+from services.dispatcher import suppressions
 from services.ops import accounts as ops_accounts
 from services.ops import dead as ops_dead
-from services.ops.accounts import OpsError
+from services.ops.errors import OpsError
 from shared.addresses import check_address
 from shared.broker import Nodes
 from shared.crypto import UndecryptableSecret, parse_keys
@@ -122,8 +123,7 @@ def build_parser() -> argparse.ArgumentParser:
     add = commands.add_parser("suppress", parents=[output],
                               help="put an address on the suppression list")
     add.add_argument("email", metavar="EMAIL")
-    add.add_argument("--reason", default="manual",
-                     choices=dispatcher_repository.SUPPRESSION_REASONS)
+    add.add_argument("--reason", default="manual", choices=suppressions.REASONS)
     add.add_argument("--detail", default=None, metavar="TEXT")
     add.add_argument("--by", default=_login(), metavar="NAME",
                      help="recorded as the source cli:NAME (default: the login name)")
@@ -316,12 +316,8 @@ async def _replay(args: argparse.Namespace, connection: AbstractConnection,
 
 
 async def _rotate_keys(args: argparse.Namespace, settings: OpsSettings, out: TextIO) -> int:
-    from services.config_svc.cli import rotate_keys
-    from services.config_svc.settings import ConfigSettings
-
-    config = ConfigSettings(postgres_dsn=settings.postgres_dsn, fernet_keys=settings.fernet_keys)
     try:
-        count = await rotate_keys(config)
+        count = await ops_api.rotate_keys(settings.postgres_dsn, settings.fernet_keys)
     except (ValueError, UndecryptableSecret) as error:
         raise OpsError(str(error)) from None
     if args.json:
@@ -335,9 +331,7 @@ async def _rotate_keys(args: argparse.Namespace, settings: OpsSettings, out: Tex
 async def _suppressions(args: argparse.Namespace, settings: OpsSettings, out: TextIO) -> int:
     async with _pool(settings) as pool:
         if args.command == "suppressions":
-            rows, total = await dispatcher_repository.list_suppressions(
-                pool, args.q, args.limit, args.offset)
-            found = [dict(row) for row in rows]
+            found, total = await suppressions.listed(pool, args.q, args.limit, args.offset)
             if args.json:
                 _json({"items": found, "total": total}, out)
             else:
@@ -351,14 +345,14 @@ async def _suppressions(args: argparse.Namespace, settings: OpsSettings, out: Te
                 email = check_address(args.email)
             except ValueError as error:
                 raise OpsError(f"{args.email}: {error}") from None
-            row = dict(await dispatcher_repository.suppress(
-                pool, email, args.reason, f"cli:{args.by}", args.detail))
+            row = await suppressions.add(pool, email, args.reason, f"cli:{args.by}",
+                                         args.detail)
             if args.json:
                 _json(row, out)
             else:
                 out.write(f"{row['email']} suppressed ({row['reason']}, {row['source']})\n")
             return 0
-        if not await dispatcher_repository.unsuppress(pool, args.email):
+        if not await suppressions.remove(pool, args.email):
             raise OpsError(f"{args.email} is not on the suppression list")
         if args.json:
             _json({"email": args.email, "removed": True}, out)

@@ -37,7 +37,7 @@ from aio_pika.abc import (
 )
 from aio_pika.exceptions import ChannelNotFoundEntity
 
-from services.ops.accounts import OpsError
+from services.ops.errors import OpsError
 from shared.topology import Topology, open_confirmed_channel, publish
 
 RENEW_AT = 10  # deliveries after which a message read is given back as a fresh copy
