@@ -1,31 +1,12 @@
-"""The exchanges and queues of the contract, declared idempotently, and publishing helpers.
+"""The names and arguments of the contract's exchanges and queues, and their declaration."""
 
-Names default to CONTRACT.md (`mail.requests`, `mail.send.<account_id>`, ...); a deployment
-may change the common prefix. Declaring the same thing twice is a no-op in RabbitMQ as long
-as the arguments are the same, so every service declares what it uses at start.
-"""
-
-import asyncio
-from collections.abc import Iterable, Mapping
+from collections.abc import Iterable
 from dataclasses import dataclass
 from typing import Any
 
-import aio_pika
-import aiormq
-import structlog
-from aio_pika.abc import (
-    AbstractChannel,
-    AbstractConnection,
-    AbstractExchange,
-    AbstractQueue,
-    ExchangeType,
-)
-from pydantic import BaseModel
+from aio_pika.abc import AbstractChannel, AbstractQueue, ExchangeType
 
-from shared.messages import Event
-
-JSON = "application/json"
-log = structlog.get_logger(__name__)
+from shared.topology.classic_retry import replace_classic_retry_queue
 
 
 def delay_label(seconds: int) -> str:
@@ -151,8 +132,8 @@ class Topology:
             exchange = await channel.declare_exchange(name, ExchangeType.FANOUT, durable=True)
             # Dead-lettering keeps the routing key (the account id), so an expired message
             # lands back in its account's queue through `mail.retry.back`.
-            await _replace_classic_retry_queue(channel, name, self.retry_queue_arguments(delay),
-                                               send.name, dead.name)
+            await replace_classic_retry_queue(channel, name, self.retry_queue_arguments(delay),
+                                              send.name, dead.name)
             queue = await channel.declare_queue(
                 name, durable=True, arguments=self.retry_queue_arguments(delay))
             await queue.bind(exchange, routing_key="")
@@ -202,154 +183,3 @@ class Topology:
             await queue.bind(self.retry_back_exchange, routing_key=key)
             queues.append(queue)
         return queues[0], queues[1]
-
-
-async def _replace_classic_retry_queue(channel: AbstractChannel, name: str,
-                                       arguments: dict[str, Any], send_exchange: str,
-                                       dead_exchange: str) -> None:
-    """A deployment of an earlier version has its retry queues as classic queues, which a
-    declare as quorum refuses (PRECONDITION_FAILED). Their jobs go back to their accounts'
-    queues now (retried early, never lost: each is acked after the broker confirmed its
-    copy), then the old queue is deleted, so that the caller declares it anew."""
-    connection = (await channel.get_underlay_channel()).connection
-    probe = await connection.channel()
-    try:
-        await probe.queue_declare(name, durable=True, arguments=arguments)
-        return  # already what it should be, or new
-    except aiormq.exceptions.ChannelPreconditionFailed:
-        pass
-    finally:
-        if not probe.is_closed:
-            await probe.close()
-    mover = await connection.channel(publisher_confirms=True, on_return_raises=True)
-    moved = 0
-    try:
-        while True:
-            message = await mover.basic_get(name, no_ack=False)
-            if not isinstance(message.delivery, aiormq.spec.Basic.GetOk):
-                break
-            try:
-                await mover.basic_publish(message.body, exchange=send_exchange,
-                                          routing_key=message.routing_key or "",
-                                          properties=message.header.properties, mandatory=True)
-            except aiormq.exceptions.PublishError:  # its account's queue is gone
-                await mover.basic_publish(message.body, exchange=dead_exchange,
-                                          routing_key=message.routing_key or "",
-                                          properties=message.header.properties)
-            await mover.basic_ack(message.delivery.delivery_tag)
-            moved += 1
-        await mover.queue_delete(name, if_unused=False, if_empty=False)
-    finally:
-        if not mover.is_closed:
-            await mover.close()
-    log.warning("classic retry queue replaced by a quorum queue", queue=name,
-                jobs_sent_back_early=moved)
-
-
-async def open_confirmed_channel(connection: AbstractConnection) -> AbstractChannel:
-    """A channel whose publishes wait for the broker's confirm and raise when unroutable.
-
-    aio-pika's default returns an unroutable message silently; a lost mail must be an error.
-    """
-    return await connection.channel(publisher_confirms=True, on_return_raises=True)
-
-
-async def open_transaction_channel(connection: AbstractConnection) -> AbstractChannel:
-    """A channel for publishing in AMQP transactions (tx.select, tx.commit): no publisher
-    confirms, which the broker does not allow beside transactions on one channel."""
-    return await connection.channel(publisher_confirms=False)
-
-
-def make_message(
-    body: bytes | BaseModel,
-    *,
-    message_id: str,
-    headers: Mapping[str, Any] | None = None,
-    type_: str | None = None,
-) -> aio_pika.Message:
-    if isinstance(body, BaseModel):
-        body = body.model_dump_json().encode()
-    return aio_pika.Message(
-        body,
-        content_type=JSON,
-        content_encoding="utf-8",
-        delivery_mode=aio_pika.DeliveryMode.PERSISTENT,
-        message_id=message_id,
-        type=type_,
-        headers=dict(headers or {}),
-    )
-
-
-async def publish(
-    exchange: AbstractExchange, routing_key: str, message: aio_pika.Message, timeout: float = 30
-) -> None:
-    """Publish and wait for the broker's confirm; unroutable or nacked raises."""
-    await exchange.publish(message, routing_key=routing_key, mandatory=True, timeout=timeout)
-
-
-async def publish_many(
-    exchange: AbstractExchange,
-    items: Iterable[tuple[str, aio_pika.Message]],
-    window: int = 1000,
-    timeout: float = 60,
-    mandatory: bool = True,
-) -> int:
-    """Publish with up to `window` confirms in flight; returns how many were confirmed.
-
-    Awaiting each confirm in turn is about five times slower than keeping many in flight.
-    The first failure raises after the window it belongs to has settled.
-    """
-    confirmed = 0
-    pending: list[asyncio.Future] = []
-
-    async def settle() -> None:
-        nonlocal confirmed
-        results = await asyncio.gather(*pending, return_exceptions=True)
-        pending.clear()
-        for result in results:
-            if isinstance(result, BaseException):
-                raise result
-            confirmed += 1
-
-    for routing_key, message in items:
-        pending.append(
-            asyncio.ensure_future(
-                exchange.publish(
-                    message, routing_key=routing_key, mandatory=mandatory, timeout=timeout
-                )
-            )
-        )
-        if len(pending) >= window:
-            await settle()
-    if pending:
-        await settle()
-    return confirmed
-
-
-def event_message(event: Event) -> aio_pika.Message:
-    headers = {
-        key: value
-        for key in ("delivery_id", "account_id")
-        if (value := getattr(event, key, None)) is not None
-    }
-    return make_message(event, message_id=event.event_id, headers=headers, type_=event.type)  # type: ignore[attr-defined]
-
-
-class EventPublisher:
-    """Publishes contract events to `mail.events` with the event type as routing key."""
-
-    def __init__(self, channel: AbstractChannel, topology: Topology) -> None:
-        self._channel = channel
-        self._topology = topology
-        self._exchange: AbstractExchange | None = None
-
-    async def publish(self, event: Event) -> None:
-        if self._exchange is None:
-            self._exchange = await self._channel.get_exchange(
-                self._topology.events_exchange, ensure=False
-            )
-        # Nobody may be bound yet: an event without a listener is not an error, so not
-        # mandatory here (unlike jobs and requests, where unroutable means lost).
-        await self._exchange.publish(
-            event_message(event), routing_key=event.type, mandatory=False, timeout=30  # type: ignore[attr-defined]
-        )
