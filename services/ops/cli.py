@@ -35,6 +35,7 @@ from services.config_svc import ops_api
 from services.dispatcher import suppressions
 from services.ops import accounts as ops_accounts
 from services.ops import dead as ops_dead
+from services.ops import letters as ops_letters
 from services.ops.errors import OpsError
 from shared.addresses import check_address
 from shared.broker import Nodes
@@ -256,7 +257,7 @@ async def _dead(args: argparse.Namespace, settings: OpsSettings, topology: Topol
                 details = letter.details()
                 try:
                     details["replay"] = str(await ops_dead.resolve(connection, letter, topology))
-                except ops_dead.Unreplayable as refusal:
+                except ops_letters.Unreplayable as refusal:
                     details["replay"] = f"refused: {refusal}"
                 shown.append(details)
     if args.json:
@@ -282,13 +283,13 @@ def _dead_list(args: argparse.Namespace, dead: ops_dead.DeadQueue, topology: Top
     if letters:
         table(["#", "MESSAGE ID", "REASON", "DELIVERY ID", "FROM", "DETAIL / BODY"],
               [[x.position, x.message_id, x.reason, x.delivery_id, x.origin(),
-                x.header("x-detail") or ops_dead.preview(x.message.body, 60)] for x in letters],
+                x.header("x-detail") or ops_letters.preview(x.message.body, 60)] for x in letters],
               [6, 40, 22, 30, 50, 70], out)
 
 
 async def _replay(args: argparse.Namespace, connection: AbstractConnection,
                   topology: Topology, out: TextIO) -> int:
-    select = ops_dead.selector(args.all, args.message_id, args.reason)
+    select = ops_letters.selector(args.all, args.message_id, args.reason)
     outcomes, truncated = await ops_dead.replay(connection, topology, select, args.dry_run,
                                                 args.max_read)
     missing = sorted(set(args.message_id) - {o.message_id for o in outcomes})

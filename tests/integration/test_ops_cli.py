@@ -19,7 +19,8 @@ from aio_pika.abc import AbstractChannel, AbstractQueue, AbstractRobustConnectio
 from services.dispatcher.intake import DeadLetters
 from services.dispatcher.rejection import INVALID_REQUEST, Rejection
 from services.ops.cli import OpsSettings, parse_args, run
-from services.ops.dead import PREVIEW_KEEP, RENEW_AT, DeadQueue
+from services.ops.dead import RENEW_AT, DeadQueue
+from services.ops.letters import PREVIEW_KEEP
 from services.sender.main import NEEDED
 from shared.db import migrate
 from shared.topology import Topology, make_message, open_confirmed_channel, publish
