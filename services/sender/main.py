@@ -13,8 +13,9 @@ from services.sender.bounces.reader import BounceReaders, MailboxPoller
 from services.sender.bounces.verp import Verp
 from services.sender.consumers.supervisor import Supervisor
 from services.sender.delivery.recorder import DatabaseHealth
-from services.sender.parts import Composers, SenderParts
+from services.sender.parts import Composers, SenderParts, SmtpSessions
 from services.sender.settings import SenderSettings
+from services.sender.store.send import PoolStore
 from services.sender.sweep import sweep_forever
 from shared.crypto import SecretBox
 from shared.db import create_stateless_pool
@@ -23,7 +24,6 @@ from shared.outbox import OutboxRelay
 from shared.runtime import connected, stop_on_signals
 from shared.smtp import client_ssl_context
 from shared.topology import (
-    EventPublisher,
     Topology,
     open_confirmed_channel,
     open_transaction_channel,
@@ -54,17 +54,18 @@ async def serve(settings: SenderSettings) -> None:
                             linger_s=settings.outbox_linger_ms / 1000)
         database = DatabaseHealth()
         verp = Verp(settings.encryption_keys())
+        ssl_context = client_ssl_context(settings.smtp_ca_file)
+        sends = PoolStore(pool)
         supervisor = Supervisor(connection, SenderParts(
-            pool=pool, settings=settings, box=box,
-            ssl_context=client_ssl_context(settings.smtp_ca_file), topology=topology,
-            events=EventPublisher(publishing, topology), publish_channel=publishing,
-            composers=Composers(pool), wake_events=relay.wake, database=database,
-            verp=verp),
+            pool=pool, settings=settings, box=box, ssl_context=ssl_context, topology=topology,
+            publish_channel=publishing, composers=Composers(sends), wake_events=relay.wake,
+            database=database, verp=verp, store=sends,
+            sessions=SmtpSessions(box, ssl_context, settings)),
             amqp_url=settings.amqp_url.get_secret_value())
         readers = BounceReaders(pool, box, MailboxPoller(
             pool, BounceIntake(pool, verp, soft_limit=settings.bounce_soft_limit,
                                soft_window=timedelta(days=settings.bounce_soft_window_days)),
-            client_ssl_context(settings.smtp_ca_file), settings.replica_id,
+            ssl_context, settings.replica_id,
             timeout_s=settings.bounce_timeout_s, lease_ttl_s=settings.bounce_lease_ttl_s,
             batch=settings.bounce_batch), settings.reconcile_s)
         health = Health()

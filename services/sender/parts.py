@@ -3,26 +3,29 @@
 import ssl
 from collections import OrderedDict
 from collections.abc import Callable
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from typing import Any
 
 import asyncpg
 from aio_pika.abc import AbstractChannel
 
-from services.sender import store
 from services.sender.bounces.verp import Verp
 from services.sender.delivery.compose import Composer
+from services.sender.delivery.pacer import Clock
+from services.sender.delivery.ports import SendStore, Sessions
 from services.sender.delivery.recorder import DatabaseHealth
 from services.sender.settings import SenderSettings
+from shared.accounts import smtp_endpoint
 from shared.crypto import SecretBox
-from shared.topology import EventPublisher, Topology
+from shared.smtp import SmtpSession
+from shared.topology import Topology
 
 
 class Composers:
     """Per-delivery composers (the parts common to a delivery built once), most recent kept."""
 
-    def __init__(self, pool: asyncpg.Pool, size: int = 1024) -> None:
-        self._pool = pool
+    def __init__(self, db: Any, size: int = 1024) -> None:
+        self._db = db  # a SendStore
         self._size = size
         self._cache: OrderedDict[str, tuple[Composer, dict]] = OrderedDict()
 
@@ -32,7 +35,7 @@ class Composers:
         if key in self._cache:
             self._cache.move_to_end(key)
             return self._cache[key]
-        content, metadata = await store.content(self._pool, delivery_id, account)
+        content, metadata = await self._db.content(delivery_id, account)
         entry = (Composer(content), metadata)
         self._cache[key] = entry
         if len(self._cache) > self._size:
@@ -47,9 +50,30 @@ class SenderParts:
     box: SecretBox
     ssl_context: ssl.SSLContext
     topology: Topology
-    events: EventPublisher  # events published at once (republished copies, throttling)
     publish_channel: AbstractChannel  # jobs put back, retried or dead-lettered (confirmed)
     composers: Composers
     wake_events: Callable[[], None]  # the outbox relay's: events were committed
     database: DatabaseHealth
     verp: Verp  # envelope senders of accounts with a bounce_address
+    store: SendStore  # the send path's database
+    sessions: Sessions  # an account's SMTP session
+    clock: Clock = field(default_factory=Clock)
+
+
+class SmtpSessions:
+    """Sessions of the accounts' stored settings, secrets decrypted."""
+
+    def __init__(self, box: SecretBox, ssl_context: ssl.SSLContext,
+                 settings: SenderSettings) -> None:
+        self._box = box
+        self._ssl_context = ssl_context
+        self._settings = settings
+
+    def __call__(self, account: Any, probe: bool) -> SmtpSession:
+        endpoint = smtp_endpoint(account, self._box)  # raises UndecryptableSecret
+        if probe:
+            return SmtpSession(endpoint, ssl_context=self._ssl_context,
+                               timeout_s=self._settings.smtp_timeout_s)
+        return SmtpSession(endpoint, ssl_context=self._ssl_context,
+                           timeout_s=self._settings.smtp_timeout_s,
+                           pop_max_age_s=self._settings.pop_max_age_s)

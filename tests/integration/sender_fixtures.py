@@ -14,8 +14,9 @@ from services.sender.bounces.verp import Verp
 from services.sender.consumers.supervisor import Supervisor
 from services.sender.delivery.recorder import DatabaseHealth
 from services.sender.main import MIGRATIONS
-from services.sender.parts import Composers, SenderParts
+from services.sender.parts import Composers, SenderParts, SmtpSessions
 from services.sender.settings import SenderSettings
+from services.sender.store.send import PoolStore
 from shared.crypto import SecretBox
 from shared.db import migrate
 from shared.messages import AccountUpdated
@@ -141,12 +142,13 @@ async def start_sender(dispatcher: Dispatcher, amqp: AbstractRobustConnection,
             await events.bind(dispatcher.topology.events_exchange, routing_key=key)
         relay = OutboxRelay(dispatcher.pool, await open_transaction_channel(amqp),
                             dispatcher.topology, table="sender_outbox", poll_s=0.2)
+        box, ssl_context = SecretBox([KEY]), client_ssl_context(settings.smtp_ca_file)
+        sends = PoolStore(dispatcher.pool)
         supervisor = Supervisor(amqp, SenderParts(
-            pool=dispatcher.pool, settings=settings, box=SecretBox([KEY]),
-            ssl_context=client_ssl_context(settings.smtp_ca_file), topology=dispatcher.topology,
-            events=EventPublisher(dispatcher.channel, dispatcher.topology),
-            publish_channel=dispatcher.channel, composers=Composers(dispatcher.pool),
-            wake_events=relay.wake, database=DatabaseHealth(), verp=Verp([KEY])),
+            pool=dispatcher.pool, settings=settings, box=box, ssl_context=ssl_context,
+            topology=dispatcher.topology, publish_channel=dispatcher.channel,
+            composers=Composers(sends), wake_events=relay.wake, database=DatabaseHealth(),
+            verp=Verp([KEY]), store=sends, sessions=SmtpSessions(box, ssl_context, settings)),
             amqp_url=amqp_url)
         relay_task = asyncio.create_task(relay.run())
         await supervisor.start()

@@ -5,59 +5,7 @@ released only when it is the worker's own."""
 import asyncio
 
 from services.sender.delivery.pacer import LEASE_MARGIN_S, Pacer
-
-
-class FakeClock:
-    def __init__(self) -> None:
-        self.t = 1000.0
-        self.slept: list[float] = []
-
-    def now(self) -> float:
-        return self.t
-
-    async def sleep(self, seconds: float) -> None:
-        self.slept.append(seconds)
-        self.t += seconds
-        await asyncio.sleep(0)  # a suspension, as a real sleep is
-
-    async def sleep_until(self, deadline: float) -> None:
-        if deadline > self.t:
-            await self.sleep(deadline - self.t)
-
-
-class FakeLease:
-    """One account's lease row, with the database's clock the same as the fake one."""
-
-    def __init__(self, clock: FakeClock) -> None:
-        self.clock = clock
-        self.owner: str | None = None
-        self.until = 0.0
-        self.last_end: float | None = None
-        self.takes = 0
-        self.released: list[str] = []
-
-    async def take(self, owner: str, interval_ms: int, ttl_s: float) -> float | None:
-        self.takes += 1
-        now = self.clock.now()
-        if self.owner not in (None, owner) and self.until >= now:
-            return None
-        start = max(now, (self.last_end or now) + interval_ms / 1000)
-        self.owner, self.until = owner, start + ttl_s
-        return start - now
-
-    async def extend(self, owner: str, ttl_s: float) -> bool:
-        if self.owner != owner:
-            return False
-        self.until = self.clock.now() + ttl_s
-        return True
-
-    async def left_s(self) -> float:
-        return max(0.0, self.until - self.clock.now())
-
-    async def release(self, owner: str, touched_server: bool) -> None:
-        if self.owner == owner:
-            self.owner, self.until = None, 0.0
-            self.released.append(owner)
+from tests.support.fakes import FakeClock, FakeLease
 
 
 def pacer(clock: FakeClock, lease: FakeLease, owner: str = "r1/a", interval_ms: int = 200,

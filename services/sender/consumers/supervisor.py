@@ -117,6 +117,9 @@ class Supervisor:
             (worker := self.workers.get(account_id)) is not None and worker.consumer_tag
             for account_id in due)
 
+    def _consumer_count(self) -> int:
+        return sum(1 for w in self.workers.values() if w.consumer_tag)
+
     @staticmethod
     async def _idle(worker: AccountWorker) -> None:
         async with worker.busy:
@@ -192,7 +195,7 @@ class Supervisor:
         if later:
             pending.update(later)
             self._spawn(self._subscribe_later(later), "standby")
-        metrics.CONSUMERS.set(sum(1 for w in self.workers.values() if w.consumer_tag))
+        metrics.CONSUMERS.set(self._consumer_count())
         metrics.PAUSED.set(sum(1 for w in self.workers.values() if w.paused))
         if failed:
             self._recover()
@@ -252,26 +255,18 @@ class Supervisor:
             worker = await self._worker_for(account)
         else:
             await worker.update(account)
-        # Wanted means running in the table: a pause another replica ended is over here too
-        # (a worker left paused would put back every job it is given, round and round).
-        worker.paused = False
-        worker.consuming = True
-        worker.gate = gate
-        worker.delivered = False
+        worker.subscribing(gate)
         try:
-            worker.queue, worker.consumer_tag = await self._consumers.consume(
-                account_id, worker.on_message)
+            worker.subscribed(*await self._consumers.consume(account_id, worker.on_message))
         except BaseException:
-            worker.consuming = False
+            worker.lost()
             raise
         log.info("consuming", account_id=account_id)
 
     async def _unsubscribe(self, worker: AccountWorker) -> None:
         if worker.queue is not None and worker.consumer_tag is not None:
             await self._consumers.cancel(worker.queue, worker.consumer_tag)
-        worker.consumer_tag = None
-        worker.consuming = False
-        worker.stop_waiting()
+        worker.unsubscribed()
         if not self._stopping:  # stop() gives the leases back once the sends in hand are done
             self._spawn(self._release_when_idle(worker), "release lease")
         log.info("not consuming", account_id=worker.account_id)
@@ -281,9 +276,7 @@ class Supervisor:
         """A deleted account's worker: its session closed once its send in hand is done."""
         async with worker.busy:
             await worker.close_session()
-        if worker.throttled:
-            worker.throttled = False
-            metrics.THROTTLED.dec()
+        worker.retire()
 
     @staticmethod
     async def _release_when_idle(worker: AccountWorker) -> None:
@@ -296,8 +289,7 @@ class Supervisor:
             self.borrows.pop(account_id, None)  # a standby's consumer of that queue
             worker = self.workers.get(account_id)
             if worker is not None:
-                worker.consumer_tag = None
-                worker.consuming = False
+                worker.lost()
         metrics.CONSUMERS_LOST.labels(why).inc(len(account_ids))
         if not self._stopping:
             self._recover()
@@ -316,15 +308,15 @@ class Supervisor:
             try:
                 await self.reconcile()
                 if self.consuming_all:
-                    log.info("consumers recovered", consumers=metrics.CONSUMERS._value.get())
+                    log.info("consumers recovered", consumers=self._consumer_count())
                     return
             except Exception as error:
                 log.warning("recovering the consumers failed; retrying", error=str(error),
                             retry_in_s=delay)
             delay = min(delay * 2, MAX_RECOVERY_S)
 
-    async def _on_pause(self, worker: AccountWorker) -> None:
-        # Called from inside the worker's message handler: do not wait for it here.
+    async def paused(self, worker: AccountWorker) -> None:
+        """The worker's `Listener`: it paused its account, from inside its message handler."""
         await self._unsubscribe(worker)
         for home, (standby, queue, tag) in list(self.borrows.items()):
             if standby == worker.account_id:  # a paused standby stands in for nobody
@@ -456,7 +448,7 @@ class Supervisor:
         """The account's one worker in this replica (made when it has none)."""
         worker = self.workers.get(str(account["id"]))
         if worker is None:
-            worker = AccountWorker(account, self._parts, self._on_pause)
+            worker = AccountWorker(account, self._parts, self)
             self.workers[str(account["id"])] = worker
         return worker
 

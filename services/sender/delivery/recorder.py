@@ -12,10 +12,11 @@ from collections.abc import Awaitable, Callable
 from datetime import datetime, timedelta
 from typing import Any, TypeVar
 
-import asyncpg
 import structlog
 
-from services.sender import metrics, store
+from services.sender import metrics
+from services.sender.delivery.ports import SendStore
+from services.sender.store.recipients import Recorded
 
 log = structlog.get_logger(__name__)
 T = TypeVar("T")
@@ -56,41 +57,45 @@ async def persist(work: Callable[[], Awaitable[T]], what: str, health: DatabaseH
 
 
 class Recorder:
-    """One account's writes that follow a send."""
+    """One account's writes that follow a send, each retried in place until it commits."""
 
-    def __init__(self, pool: asyncpg.Pool, account_id: str, owner: str,
-                 health: DatabaseHealth) -> None:
-        self._pool = pool
-        self._account_id = account_id
+    def __init__(self, db: SendStore, account_id: str, owner: str,
+                 health: DatabaseHealth, wake_events: Callable[[], None]) -> None:
+        self._db = db
+        self._wake_events = wake_events  # the outbox relay's: events were committed
+        self.account_id = account_id
         self._owner = owner
         self._health = health
 
     async def record(self, *, delivery_id: str, index: int, state: str, code: int | None,
                      text: str, message_id: str | None, touched_server: bool,
                      hold: timedelta | None, event: dict[str, Any] | None,
-                     completed_id: str) -> store.Recorded:
+                     completed_id: str) -> Recorded:
         started = time.monotonic()
-        recorded = await persist(lambda: store.record(
-            self._pool, delivery_id=delivery_id, index=index, state=state, code=code,
-            message=text, message_id=message_id, account_id=self._account_id,
+        recorded = await persist(lambda: self._db.record(
+            delivery_id=delivery_id, index=index, state=state, code=code,
+            message=text, message_id=message_id, account_id=self.account_id,
             owner=self._owner, touched_server=touched_server, hold=hold, event=event,
             completed_id=completed_id), "recording an outcome", self._health)
         metrics.RECORD_SECONDS.observe(time.monotonic() - started)
+        if recorded.applied:
+            self._wake_events()
         return recorded
 
     async def mark_end(self) -> None:
-        await persist(lambda: store.mark_end(self._pool, self._account_id),
+        await persist(lambda: self._db.mark_end(self.account_id),
                       "recording the end of a transaction", self._health)
 
     async def release_lease(self, touched_server: bool) -> None:
-        await persist(lambda: store.release_lease(self._pool, self._account_id, self._owner,
-                                                   touched_server),
+        await persist(lambda: self._db.release_lease(self.account_id, self._owner,
+                                                     touched_server),
                       "giving the lease back", self._health)
 
     async def set_paused(self, reason: str | None, detail: str | None,
                          event: dict[str, Any] | None,
                          resumes_at: datetime | None = None) -> bool:
-        return await persist(
-            lambda: store.set_paused(self._pool, self._account_id, reason, detail, event,
-                                      resumes_at),
+        changed = await persist(
+            lambda: self._db.set_paused(self.account_id, reason, detail, event, resumes_at),
             "recording the account's pause", self._health)
+        self._wake_events()
+        return changed

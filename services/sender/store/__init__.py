@@ -7,4 +7,5 @@ from services.sender.store.leases import *  # noqa: F403
 from services.sender.store.outbox import *  # noqa: F403
 from services.sender.store.recipients import *  # noqa: F403
 from services.sender.store.replicas import *  # noqa: F403
+from services.sender.store.send import *  # noqa: F403
 from services.sender.store.sweep import *  # noqa: F403

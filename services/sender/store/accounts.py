@@ -28,9 +28,16 @@ async def ensure_runtime(db: asyncpg.Pool, account_id: str) -> None:
         "INSERT INTO account_runtime (account_id) VALUES ($1) ON CONFLICT DO NOTHING", account_id)
 
 
-async def set_interval(db: asyncpg.Pool, account_id: str, interval_ms: int | None) -> None:
-    await db.execute("UPDATE account_runtime SET interval_ms = $2 WHERE account_id = $1",
-                     account_id, interval_ms)
+async def set_interval(db: asyncpg.Pool, account_id: str, interval_ms: int | None,
+                       event: dict[str, Any] | None = None) -> None:
+    """The pace a throttling provider left (None: the configured one), with its
+    `account.throttled` when there is one, in one transaction."""
+    async with db.acquire() as connection, connection.transaction():
+        await connection.execute(
+            "UPDATE account_runtime SET interval_ms = $2 WHERE account_id = $1",
+            account_id, interval_ms)
+        if event is not None:
+            await add_event(connection, event)
 
 
 async def set_paused(db: asyncpg.Pool, account_id: str, reason: str | None,

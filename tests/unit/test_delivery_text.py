@@ -3,7 +3,7 @@
 import orjson
 
 from services.sender.delivery.compose import account_address_problem
-from services.sender.delivery.worker import clean_text
+from services.sender.delivery.text import clean_text
 
 
 def test_a_reply_with_bytes_that_are_not_utf8_and_a_nul_can_be_stored() -> None:
