@@ -5,6 +5,7 @@ import contextlib
 import gc
 from datetime import timedelta
 from pathlib import Path
+from typing import Any
 
 import structlog
 
@@ -41,6 +42,18 @@ GC_THRESHOLDS = (10_000, 20, 100)  # Python's: (700, 10, 10)
 
 
 
+def _supervisor(settings: SenderSettings, pool: Any, connection: Any, publishing: Any,
+                topology: Topology, box: SecretBox, ssl_context: Any, relay: OutboxRelay,
+                database: DatabaseHealth, verp: Verp) -> Supervisor:
+    sends = PoolStore(pool)
+    return Supervisor(connection, SenderParts(
+        pool=pool, settings=settings, box=box, ssl_context=ssl_context, topology=topology,
+        publish_channel=publishing, composers=Composers(sends), wake_events=relay.wake,
+        database=database, verp=verp, store=sends,
+        sessions=SmtpSessions(box, ssl_context, settings)),
+        amqp_url=settings.amqp_url.get_secret_value())
+
+
 async def serve(settings: SenderSettings) -> None:
     box = SecretBox(settings.encryption_keys())
     topology = Topology(retry_delays_s=settings.retry_tiers())
@@ -53,15 +66,10 @@ async def serve(settings: SenderSettings) -> None:
                             table="sender_outbox", poll_s=settings.outbox_poll_s,
                             linger_s=settings.outbox_linger_ms / 1000)
         database = DatabaseHealth()
-        verp = Verp(settings.encryption_keys())
         ssl_context = client_ssl_context(settings.smtp_ca_file)
-        sends = PoolStore(pool)
-        supervisor = Supervisor(connection, SenderParts(
-            pool=pool, settings=settings, box=box, ssl_context=ssl_context, topology=topology,
-            publish_channel=publishing, composers=Composers(sends), wake_events=relay.wake,
-            database=database, verp=verp, store=sends,
-            sessions=SmtpSessions(box, ssl_context, settings)),
-            amqp_url=settings.amqp_url.get_secret_value())
+        verp = Verp(settings.encryption_keys())
+        supervisor = _supervisor(settings, pool, connection, publishing, topology, box,
+                                 ssl_context, relay, database, verp)
         readers = BounceReaders(pool, box, MailboxPoller(
             pool, BounceIntake(pool, verp, soft_limit=settings.bounce_soft_limit,
                                soft_window=timedelta(days=settings.bounce_soft_window_days)),

@@ -24,17 +24,18 @@ import pytest
 from aio_pika.abc import AbstractChannel, AbstractIncomingMessage, AbstractRobustConnection
 from aiosmtpd.smtp import SMTP, Envelope, Session
 
-from services.sender.consumers.supervisor import STANDBY_DELAY_S, rendezvous_owner
+from services.sender.consumers.replicas import rendezvous_owner
+from services.sender.consumers.supervisor import STANDBY_DELAY_S
 from services.sender.main import MIGRATIONS as SENDER_MIGRATIONS
 from services.sender.settings import SenderSettings
 from shared.db import Pooling, migrate
 from shared.topology import Topology, make_message, open_confirmed_channel, publish
-from tests.conftest import eventually
 from tests.integration.accounts_fixtures import KEY
 from tests.integration.dispatcher_fixtures import insert_account, migrate_all, request_body
 from tests.integration.sender_fixtures import configure_account
 from tests.integration.test_bounces import returned
 from tests.support.dovecot import HOST, Dovecot
+from tests.support.mail import gaps
 from tests.support.processes import ServiceProcess
 from tests.support.smtp_servers import (
     SmtpTestServer,
@@ -42,6 +43,7 @@ from tests.support.smtp_servers import (
     _RecordingSMTP,
     smtp_server,
 )
+from tests.support.waiting import eventually
 
 JWT_SECRET = "sender-process-test-secret-32-bytes!"
 LOG_LEVEL = os.environ.get("MAIL_TEST_PROCESS_LOG_LEVEL", "warning")
@@ -199,12 +201,6 @@ async def harness(pool: asyncpg.Pool, amqp: AbstractRobustConnection, amqp_url: 
     await pool.execute("DELETE FROM sender_replicas WHERE replica_id = ANY($1)",
                        harness.replicas)
     await channel.close()
-
-
-def gaps(server: SmtpTestServer) -> list[float]:
-    """From the DATA reply of each mail to the MAIL FROM of the next, at the server."""
-    return [b.started_at - a.ended_at
-            for a, b in zip(server.messages, server.messages[1:], strict=False)]
 
 
 def rcpt_counts(server: SmtpTestServer) -> Counter[str]:

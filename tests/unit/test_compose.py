@@ -8,7 +8,7 @@ from email.utils import parsedate_to_datetime
 
 import pytest
 
-from services.sender.delivery import compose as compose_module
+from services.sender.delivery import headers as headers_module
 from services.sender.delivery.compose import (
     ComposedMail,
     Composer,
@@ -231,7 +231,7 @@ def test_header_injection_never_adds_a_header_line(
                                      "a\r\n\r\nbody"])
 def test_final_check_refuses_what_the_value_checks_would_miss(
         monkeypatch: pytest.MonkeyPatch, subject: str) -> None:
-    monkeypatch.setattr(compose_module, "_checked", lambda what, value: value)
+    monkeypatch.setattr(headers_module, "_checked", lambda what, value: value)
     with pytest.raises(ValueError, match="header block"):
         compose(replace(BASE, subject=subject))
 

@@ -18,11 +18,9 @@ import imaplib
 import poplib
 import socket
 import ssl
-from collections.abc import Mapping
 from dataclasses import dataclass, field
-from typing import Any, Literal, Protocol
+from typing import Literal, Protocol
 
-from shared.crypto import SecretBox
 from shared.logging import register_login
 from shared.messages import Tls
 
@@ -296,16 +294,3 @@ class _Pop3:
         if message_id not in self._numbers:
             raise MailboxError(f"no message {message_id} in this session")
         return self._numbers[message_id]
-
-
-def bounce_mailbox(row: Mapping[str, Any], box: SecretBox) -> Mailbox | None:
-    """The account's bounce mailbox (contract §6), or None when it has none; raises
-    UndecryptableSecret naming the account."""
-    if not row["bounce_protocol"] or not row["bounce_password_enc"]:
-        return None
-    return Mailbox(
-        protocol=row["bounce_protocol"], host=row["bounce_host"], port=row["bounce_port"],
-        tls=row["bounce_tls"], username=row["bounce_username"],
-        password=box.decrypt(row["bounce_password_enc"], account_id=str(row["id"]),
-                             field="bounce_password"),
-    )

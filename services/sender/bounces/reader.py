@@ -11,15 +11,16 @@ a mailbox share its reader (their VERP bases are all tried).
 import asyncio
 import contextlib
 import ssl
-from collections.abc import Iterable
+from collections.abc import Iterable, Mapping
 from dataclasses import dataclass
+from typing import Any
 
 import asyncpg
 import structlog
 
 from services.sender import metrics, store
 from services.sender.bounces.intake import BounceIntake, FromMailbox
-from services.sender.bounces.mailbox import Mailbox, MailboxError, MailboxReader, bounce_mailbox
+from services.sender.bounces.mailbox import Mailbox, MailboxError, MailboxReader
 from shared.crypto import SecretBox, UndecryptableSecret
 
 log = structlog.get_logger(__name__)
@@ -30,6 +31,19 @@ MAX_TRIES = 3
 # The database away: the pass ends and the message is read next time, no try counted.
 _DATABASE_AWAY = (OSError, TimeoutError, asyncpg.InterfaceError,
                   asyncpg.PostgresConnectionError, asyncpg.exceptions.OperatorInterventionError)
+
+
+def bounce_mailbox(row: Mapping[str, Any], box: SecretBox) -> Mailbox | None:
+    """The account's bounce mailbox (contract §6), or None when it has none; raises
+    UndecryptableSecret naming the account."""
+    if not row["bounce_protocol"] or not row["bounce_password_enc"]:
+        return None
+    return Mailbox(
+        protocol=row["bounce_protocol"], host=row["bounce_host"], port=row["bounce_port"],
+        tls=row["bounce_tls"], username=row["bounce_username"],
+        password=box.decrypt(row["bounce_password_enc"], account_id=str(row["id"]),
+                             field="bounce_password"),
+    )
 
 
 @dataclass(frozen=True)

@@ -129,6 +129,8 @@ def contract_stage(stage: str) -> str:
         raise ValueError(f"unknown SMTP stage {stage!r}") from None
 
 
+# A table of ordered rules, longer than a function should be on purpose: each check is one
+# line of the module's docstring, and splitting it would hide the order they depend on.
 def classify(error: SmtpStageError) -> Verdict:
     """What `error` means: see the module's docstring. The order of the checks matters."""
     stage, code = error.stage, error.code
