@@ -52,6 +52,7 @@ from shared.messages import AccountUpdated
 from shared.topology import EventPublisher, Topology, make_message, open_confirmed_channel, publish
 from tests.support.processes import ServiceProcess
 from tests.support.smtp_servers import SmtpTestServer
+from tests.support.waiting import until
 
 ROOT = Path(__file__).parents[2]
 KEY = SecretBox.generate_key()
@@ -101,11 +102,11 @@ class Run:
 
     async def until_received(self, share: float, timeout: float = 60) -> None:
         """Until that share of all mails has reached the servers."""
-        deadline = time.monotonic() + timeout
-        while self.received() < share * self.total:
-            if time.monotonic() > deadline:
-                raise TimeoutError(f"{self.received()} of {self.total} received")
-            await asyncio.sleep(0.02)
+        async def enough() -> bool:
+            return self.received() >= share * self.total
+
+        if not await until(enough, timeout):
+            raise TimeoutError(f"{self.received()} of {self.total} received")
 
     # -- processes ------------------------------------------------------------------------
 
@@ -251,24 +252,23 @@ class Suite:
         return delivery_id
 
     async def _until_settled(self, run: Run, timeout: float) -> None:
-        deadline = time.monotonic() + timeout
-        while time.monotonic() < deadline:
-            settled = await self._with_retries(lambda: self.pool.fetchval(
+        """Until every recipient is settled, or `timeout` (the outcome counts the rest)."""
+        async def settled() -> bool:
+            return await self._with_retries(lambda: self.pool.fetchval(
                 "SELECT count(*) FROM delivery_recipients WHERE delivery_id = ANY($1) "
-                "AND state = ANY($2)", list(run.deliveries), list(FINAL)))
-            if settled == run.total:
-                return
-            await asyncio.sleep(0.2)
+                "AND state = ANY($2)", list(run.deliveries), list(FINAL))) == run.total
+
+        await until(settled, timeout, interval=0.2)
 
     async def _until_events(self, run: Run, timeout: float) -> None:
         """Until every event the settled recipients call for is seen: `delivery.completed`
         (the dispatcher's outbox) may come before the last `mail.sent` (the sender's)."""
         states = await self._states(run)  # settled: they no longer change
-        deadline = time.monotonic() + timeout
-        while time.monotonic() < deadline:
-            if not self._missing_events(run, states):
-                return
-            await asyncio.sleep(0.2)
+
+        async def all_seen() -> bool:
+            return not self._missing_events(run, states)
+
+        await until(all_seen, timeout, interval=0.2)  # the outcome counts what is missing
 
     async def _states(self, run: Run) -> dict[str, str]:
         rows = await self._with_retries(lambda: self.pool.fetch(
@@ -464,12 +464,13 @@ def undecryptable_password() -> tuple[Callable[[Run], Awaitable[None]],
 
     async def fault(run: Run) -> None:
         suite = run.suite
-        deadline = time.monotonic() + 30
-        while not any(e["type"] == "account.paused" and e["account_id"] == victim[0]
-                      and e["reason"] == "secret" for e in suite.events):
-            if time.monotonic() > deadline:
-                raise TimeoutError("the account was not paused for its password")
-            await asyncio.sleep(0.1)
+
+        async def paused() -> bool:
+            return any(e["type"] == "account.paused" and e["account_id"] == victim[0]
+                       and e["reason"] == "secret" for e in suite.events)
+
+        if not await until(paused, 30, interval=0.1):
+            raise TimeoutError("the account was not paused for its password")
         run.notes.append("paused `secret`, then the password set again")
         await suite.pool.execute(
             "UPDATE accounts SET smtp_password_enc = $2, updated_at = now() WHERE id = $1",

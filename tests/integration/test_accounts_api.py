@@ -10,7 +10,6 @@ from services.config_svc.settings import ConfigSettings
 from shared.accounts import smtp_endpoint
 from shared.crypto import SecretBox, UndecryptableSecret
 from shared.topology import make_message, publish
-from tests.conftest import eventually
 from tests.integration.accounts_fixtures import (
     JWT_SECRET,
     KEY,
@@ -27,6 +26,7 @@ from tests.integration.accounts_fixtures import (
 )
 from tests.integration.amqp_helpers import receive
 from tests.support.smtp_servers import auth_server
+from tests.support.waiting import eventually
 
 
 async def test_an_admin_registers_an_account_and_its_queue_exists(

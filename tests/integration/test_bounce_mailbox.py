@@ -24,14 +24,15 @@ from services.sender.bounces.reader import (
 )
 from services.sender.bounces.verp import Verp
 from shared.crypto import SecretBox
-from tests.conftest import eventually
 from tests.integration.accounts_fixtures import KEY
 from tests.integration.dispatcher_fixtures import request_body
 from tests.integration.sender_fixtures import SenderStack, configure_account, sender_on
 from tests.integration.test_bounces import returned
-from tests.integration.test_sender import ledger_states, recipients
+from tests.integration.test_sender import ledger_states
 from tests.support.dovecot import HOST, Dovecot
+from tests.support.mail import recipients
 from tests.support.smtp_servers import smtp_server
+from tests.support.waiting import eventually
 from tests.unit import bounce_corpus
 
 VERP_BASE = "bounces@shop.example.com"

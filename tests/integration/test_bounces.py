@@ -10,7 +10,8 @@ from services.sender.bounces.verp import Verp
 from tests.integration.accounts_fixtures import KEY
 from tests.integration.dispatcher_fixtures import request_body
 from tests.integration.sender_fixtures import SenderStack, sender_on
-from tests.integration.test_sender import ledger_states, recipients
+from tests.integration.test_sender import ledger_states
+from tests.support.mail import recipients
 from tests.support.smtp_servers import SmtpTestServer, smtp_server
 from tests.unit import bounce_corpus
 

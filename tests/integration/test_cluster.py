@@ -25,12 +25,14 @@ from yarl import URL
 
 from shared.broker import connect_robust
 from shared.topology import Topology, open_confirmed_channel
-from tests.conftest import eventually, required_env
+from tests.conftest import required_env
 from tests.integration import test_sender_process
 from tests.integration.dispatcher_fixtures import insert_account
 from tests.integration.sender_fixtures import configure_account
-from tests.integration.test_sender_process import Harness, gaps, rcpt_counts
+from tests.integration.test_sender_process import Harness, rcpt_counts
+from tests.support.mail import gaps
 from tests.support.smtp_servers import smtp_server
+from tests.support.waiting import eventually
 
 ROOT = Path(__file__).parents[2]
 harness = test_sender_process.harness  # the fixture: dispatcher and sender processes

@@ -10,10 +10,10 @@ import orjson
 
 from services.dispatcher import repository
 from shared.topology import make_message, publish
-from tests.conftest import eventually
 from tests.integration.accounts_fixtures import auth
 from tests.integration.amqp_helpers import receive
 from tests.integration.dispatcher_fixtures import Dispatcher, request_body
+from tests.support.waiting import eventually
 
 
 def _same_but_ids(a: dict, b: dict) -> bool:

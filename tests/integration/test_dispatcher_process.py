@@ -12,10 +12,10 @@ from aio_pika.abc import AbstractRobustConnection
 from shared.auth import issue_token
 from shared.db import Pooling
 from shared.topology import Topology, make_message, open_confirmed_channel, publish
-from tests.conftest import eventually
 from tests.integration.amqp_helpers import receive
 from tests.integration.dispatcher_fixtures import insert_account, migrate_all, request_body
 from tests.support.processes import ServiceProcess
+from tests.support.waiting import eventually
 
 JWT_SECRET = "process-test-secret-of-32-bytes!!"
 

@@ -1,17 +1,10 @@
-import socket
-
 import httpx
 from prometheus_client import Counter
 
 from shared.http import Health, HttpServer, health_app
+from tests.support.processes import free_port
 
 probe_counter = Counter("test_probe_total", "A counter that only this test increments.")
-
-
-def free_port() -> int:
-    with socket.socket() as sock:
-        sock.bind(("127.0.0.1", 0))
-        return sock.getsockname()[1]
 
 
 async def test_probes_and_metrics_are_served() -> None:

@@ -24,9 +24,9 @@ from services.ops.letters import PREVIEW_KEEP
 from services.sender.main import NEEDED
 from shared.db import migrate
 from shared.topology import Topology, make_message, open_confirmed_channel, publish
-from tests.conftest import eventually
 from tests.integration.accounts_fixtures import TOPOLOGY, AccountsApi, auth, events_queue
 from tests.integration.amqp_helpers import receive
+from tests.support.waiting import eventually
 
 
 async def cli(*argv: str) -> tuple[int, str]:

@@ -13,9 +13,9 @@ from shared.db import migrate
 from shared.messages import MailSent
 from shared.outbox import OutboxRelay
 from shared.topology import Topology, open_confirmed_channel, open_transaction_channel
-from tests.conftest import eventually
 from tests.integration.amqp_helpers import receive
 from tests.integration.dispatcher_fixtures import migrate_all
+from tests.support.waiting import eventually
 
 
 def sent_event(index: int) -> MailSent:

@@ -59,11 +59,11 @@ from shared.topology import (
     open_confirmed_channel,
     publish,
 )
-from tests.conftest import eventually
 from tests.integration.accounts_fixtures import KEY, account_body
 from tests.integration.amqp_helpers import receive
 from tests.integration.dispatcher_fixtures import insert_account, migrate_all, request_body
 from tests.support.processes import ServiceProcess
+from tests.support.waiting import eventually
 
 ROOT = Path(__file__).parents[2]
 DEFINITIONS = ROOT / "deploy" / "rabbitmq" / "definitions.json"

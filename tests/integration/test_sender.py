@@ -6,18 +6,14 @@ from typing import Any
 from services.sender import metrics
 from shared.messages import SendJob
 from shared.topology import make_message, publish
-from tests.conftest import eventually
 from tests.integration.dispatcher_fixtures import request_body
 from tests.integration.sender_fixtures import SenderStack, configure_account, sender_on
+from tests.support.mail import recipients
 from tests.support.smtp_servers import auth_server, smtp_server
+from tests.support.waiting import eventually
 
 USER = "news@shop.example.com"
 PASSWORD = "right-password"
-
-
-def recipients(count: int, prefix: str = "r") -> list[dict]:
-    return [{"email": f"{prefix}{i}@example.com", "name": f"名前 {i}", "vars": {"plan": "gold"}}
-            for i in range(count)]
 
 
 async def ledger_states(stack: SenderStack, delivery_id: str) -> dict[str, int]:

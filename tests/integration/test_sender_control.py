@@ -8,17 +8,13 @@ import uuid
 from datetime import UTC, datetime, timedelta
 from typing import Any
 
-from tests.conftest import eventually
 from tests.integration.accounts_fixtures import auth
 from tests.integration.dispatcher_fixtures import request_body
 from tests.integration.sender_fixtures import SenderStack, sender_on
-from tests.integration.test_sender import ledger_states, recipients
-from tests.support.smtp_servers import SmtpTestServer, smtp_server
-
-
-def gaps(server: SmtpTestServer) -> list[float]:
-    return [b.started_at - a.ended_at
-            for a, b in zip(server.messages, server.messages[1:], strict=False)]
+from tests.integration.test_sender import ledger_states
+from tests.support.mail import gaps, recipients
+from tests.support.smtp_servers import smtp_server
+from tests.support.waiting import eventually
 
 
 async def queue_empty(stack: SenderStack) -> bool:

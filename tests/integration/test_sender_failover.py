@@ -10,10 +10,11 @@ from typing import Any
 
 import pytest
 
-from tests.conftest import eventually
 from tests.integration.dispatcher_fixtures import insert_account, request_body
 from tests.integration.sender_fixtures import SenderStack, configure_account, sender_on
+from tests.support.mail import recipients
 from tests.support.smtp_servers import smtp_server
+from tests.support.waiting import eventually
 
 QUOTA = "550 5.4.5 Daily user sending quota exceeded."
 RELAY = "relay@other.example.net"
@@ -22,11 +23,6 @@ RELAY = "relay@other.example.net"
 @pytest.fixture
 def sender_overrides() -> dict:
     return {"quota_wait_s": 4, "quota_hold_s": 0}
-
-
-def recipients(prefix: str, count: int) -> list[dict]:
-    return [{"email": f"{prefix}{i}@example.com", "name": f"n{i}", "vars": {"plan": "p"}}
-            for i in range(count)]
 
 
 async def no_borrow(stack: SenderStack) -> bool:
@@ -54,14 +50,14 @@ async def test_a_paused_accounts_jobs_go_through_its_standby_and_come_back_after
         await configure_account(stack.dispatcher.pool, stack.account_id,
                                 standby_account_ids=[standby])
         await stack.announce_change()
-        first = request_body(account_id=stack.account_id, recipients=recipients("f", 5))
+        first = request_body(account_id=stack.account_id, recipients=recipients(5, "f"))
         await stack.dispatcher.publish_request(first)
         completed = await stack.completed(first["delivery_id"])
         await stack.wait_event(lambda e: e["type"] == "account.resumed")
         # The supervisor ends the fail-over after the worker's resume: a job published
         # between the two may still go out through the standby, rightly.
         await eventually(lambda: no_borrow(stack))
-        second = request_body(account_id=stack.account_id, recipients=recipients("s", 2))
+        second = request_body(account_id=stack.account_id, recipients=recipients(2, "s"))
         await stack.dispatcher.publish_request(second)
         await stack.completed(second["delivery_id"])
 
@@ -97,7 +93,7 @@ async def test_a_standby_not_allowed_to_send_as_the_accounts_from_is_never_used(
         await configure_account(stack.dispatcher.pool, stack.account_id,
                                 standby_account_ids=[standby])
         await stack.announce_change()
-        body = request_body(account_id=stack.account_id, recipients=recipients("w", 3))
+        body = request_body(account_id=stack.account_id, recipients=recipients(3, "w"))
         await stack.dispatcher.publish_request(body)
         completed = await stack.completed(body["delivery_id"])
 

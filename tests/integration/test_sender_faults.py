@@ -6,7 +6,6 @@ write, a key that is not configured)."""
 
 import asyncio
 import collections
-import itertools
 import uuid
 from datetime import timedelta
 from typing import Any
@@ -19,17 +18,13 @@ from services.sender import metrics, store
 from shared.crypto import SecretBox
 from shared.messages import AccountDeleted, SendJob
 from shared.topology import make_message, publish
-from tests.conftest import eventually
 from tests.integration.dispatcher_fixtures import insert_account, request_body
 from tests.integration.sender_fixtures import SenderStack, configure_account, sender_on
-from tests.support.smtp_servers import Received, auth_server, smtp_server
+from tests.support.mail import gaps, recipients
+from tests.support.smtp_servers import auth_server, smtp_server
+from tests.support.waiting import eventually
 
 USER = "news@shop.example.com"
-
-
-def recipients(count: int, prefix: str = "r") -> list[dict]:
-    return [{"email": f"{prefix}{i}@example.com", "name": f"n{i}", "vars": {"plan": "gold"}}
-            for i in range(count)]
 
 
 async def drop_database_connections(dsn: str) -> int:
@@ -42,11 +37,6 @@ async def drop_database_connections(dsn: str) -> int:
             "AND backend_type = 'client backend'")
     finally:
         await connection.close()
-
-
-def gaps_ms(messages: list[Received]) -> list[float]:
-    """Each pause as the server saw it: one transaction's 250 to the next one's MAIL."""
-    return [(b.started_at - a.ended_at) * 1e3 for a, b in itertools.pairwise(messages)]
 
 
 async def test_connections_dropped_after_the_250_never_send_a_recipient_twice(
@@ -78,7 +68,7 @@ async def test_connections_dropped_after_the_250_never_send_a_recipient_twice(
         sent_ids[event["recipient"]].add(event["event_id"])
     assert all(len(ids) == 1 for ids in sent_ids.values())
     # The pause held at the server, also after a record that had to be retried.
-    assert min(gaps_ms(server.messages)) >= 150
+    assert min(gaps(server)) >= 0.150
 
 
 class WriteFault:
@@ -141,7 +131,7 @@ async def test_a_record_refused_after_the_250_is_retried_and_never_sends_twice(
     assert (completed["sent"], completed["total"]) == (6, 6)
     received = collections.Counter(m.rcpt_tos[0] for m in server.messages)
     assert received == {f"r{i}@example.com": 1 for i in range(6)}
-    assert min(gaps_ms(server.messages)) >= 100
+    assert min(gaps(server)) >= 0.100
     assert all(e["attempts"] == 1 for e in stack.of_type("mail.sent"))
 
 

@@ -16,6 +16,7 @@ from shared.topology import make_message, publish
 from tests.integration.dispatcher_fixtures import Dispatcher, request_body
 from tests.integration.sender_fixtures import SenderStack, sender_on
 from tests.support.certs import Certs, certs_fixture  # noqa: F401 - a fixture
+from tests.support.mail import addressed
 from tests.support.smtp_servers import (
     hidden_starttls_server,
     implicit_tls_server,
@@ -25,11 +26,6 @@ from tests.support.smtp_servers import (
 USER = "news@shop.example.com"
 PASSWORD = "tls-only-password"
 VICTIM = "victim@example.com"
-
-
-def recipients(emails: list[str]) -> list[dict]:
-    return [{"email": address, "name": f"名前 {i}", "vars": {"plan": "gold"}}
-            for i, address in enumerate(emails)]
 
 
 async def ledger(stack: SenderStack, delivery_id: str) -> dict[str, str]:
@@ -64,7 +60,7 @@ async def test_a_server_hiding_starttls_pauses_the_account_and_never_sees_the_pa
         stack = await sender_on(start_sender, server, tls="starttls", smtp_auth=True,
                                 smtp_username=USER, smtp_password=PASSWORD)
         body = request_body(account_id=stack.account_id,
-                            recipients=recipients(["a@example.com", "b@example.com"]))
+                            recipients=addressed(["a@example.com", "b@example.com"]))
         await stack.dispatcher.publish_request(body)
 
         paused = await stack.wait_event(lambda e: e["type"] == "account.paused")
@@ -92,7 +88,7 @@ async def test_implicit_tls_with_the_trusted_ca_logs_in_and_sends(
                                 tls="ssl", smtp_auth=True, smtp_username=USER,
                                 smtp_password=PASSWORD)
         body = request_body(account_id=stack.account_id,
-                            recipients=recipients(["a@example.com", "b@example.com"]))
+                            recipients=addressed(["a@example.com", "b@example.com"]))
         await stack.dispatcher.publish_request(body)
 
         completed = await stack.wait_event(lambda e: e["type"] == "delivery.completed")
@@ -112,7 +108,7 @@ async def test_implicit_tls_with_a_certificate_nobody_vouches_for_pauses_the_acc
         stack = await sender_on(start_sender, server, tls="ssl", smtp_auth=True,
                                 smtp_username=USER, smtp_password=PASSWORD)
         body = request_body(account_id=stack.account_id,
-                            recipients=recipients(["a@example.com"]))
+                            recipients=addressed(["a@example.com"]))
         await stack.dispatcher.publish_request(body)
 
         paused = await stack.wait_event(lambda e: e["type"] == "account.paused")
@@ -136,7 +132,7 @@ async def test_a_utf8_address_goes_with_smtputf8_to_a_server_that_offers_it(
     async with smtp_server(smtputf8=True) as server:
         stack = await sender_on(start_sender, server)
         body = request_body(account_id=stack.account_id,
-                            recipients=recipients([UTF8_LOCAL, "a@example.com", IDN_DOMAIN]))
+                            recipients=addressed([UTF8_LOCAL, "a@example.com", IDN_DOMAIN]))
         await stack.dispatcher.publish_request(body)
 
         completed = await stack.wait_event(lambda e: e["type"] == "delivery.completed")
@@ -160,7 +156,7 @@ async def test_a_utf8_address_fails_alone_and_for_good_without_smtputf8(
     async with smtp_server(smtputf8=False) as server:
         stack = await sender_on(start_sender, server)
         body = request_body(account_id=stack.account_id,
-                            recipients=recipients(["a@example.com", UTF8_LOCAL, IDN_DOMAIN]))
+                            recipients=addressed(["a@example.com", UTF8_LOCAL, IDN_DOMAIN]))
         await stack.dispatcher.publish_request(body)
 
         completed = await stack.wait_event(lambda e: e["type"] == "delivery.completed")
@@ -199,14 +195,14 @@ def injected_requests(account_id: str) -> dict[str, dict]:
     for label, payload in BREAKS.items():
         requests[f"subject, {label}"] = request_body(
             account_id=account_id, subject=f"Hello {payload}",
-            recipients=recipients(["a@example.com"]))
+            recipients=addressed(["a@example.com"]))
         requests[f"name, {label}"] = request_body(
             account_id=account_id,
             recipients=[{"email": "a@example.com", "name": f"Yamada {payload}",
                          "vars": {"plan": "gold"}}])
         requests[f"header, {label}"] = request_body(
             account_id=account_id, headers={"X-Campaign": f"nov {payload}"},
-            recipients=recipients(["a@example.com"]))
+            recipients=addressed(["a@example.com"]))
         requests[f"var in subject, {label}"] = request_body(
             account_id=account_id, subject="Hello {{who}}",
             recipients=[{"email": "a@example.com", "name": "Yamada",
@@ -239,7 +235,7 @@ async def test_header_injection_is_refused_before_anything_reaches_the_wire(
         for body in bad.values():
             await stack.dispatcher.publish_request(body)
         benign = request_body(account_id=stack.account_id, subject=LONG_SUBJECT,
-                              recipients=recipients(["good@example.com"]))
+                              recipients=addressed(["good@example.com"]))
         await stack.dispatcher.publish_request(benign)
 
         found = await outcomes(stack.dispatcher,
@@ -283,7 +279,7 @@ async def test_custom_headers_the_composer_cannot_write_are_refused_by_the_dispa
     async with smtp_server() as server:
         stack = await sender_on(start_sender, server)
         body = request_body(account_id=stack.account_id, headers=headers,
-                            recipients=recipients(["a@example.com"]))
+                            recipients=addressed(["a@example.com"]))
         await stack.dispatcher.publish_request(body)
         [outcome] = (await outcomes(stack.dispatcher, {body["delivery_id"]})).values()
         if outcome["type"] == "delivery.accepted":

@@ -11,8 +11,8 @@ from aio_pika.exceptions import DeliveryError
 from yarl import URL
 
 from shared.topology import Topology, make_message, open_confirmed_channel, publish, publish_many
-from tests.conftest import eventually
 from tests.integration.amqp_helpers import receive
+from tests.support.waiting import eventually
 
 ROOT = Path(__file__).resolve().parents[2]
 

@@ -5,7 +5,6 @@ servers playing the providers."""
 import os
 import re
 import shutil
-import socket
 import uuid
 from collections.abc import AsyncIterator
 from contextlib import asynccontextmanager
@@ -29,6 +28,7 @@ from tests.integration.accounts_fixtures import (
     token,
 )
 from tests.integration.sender_fixtures import sender_on
+from tests.support.processes import free_port
 from tests.support.smtp_servers import auth_server, smtp_server
 
 CHROMIUM = "/usr/bin/chromium"
@@ -47,12 +47,6 @@ async def shot(page: Page, name: str) -> None:
     """A PNG of the screen for the README, when `make screenshots` runs the tests."""
     if SHOTS:
         await page.screenshot(path=os.path.join(SHOTS, f"{name}.png"), full_page=True)
-
-
-def free_port() -> int:
-    with socket.socket() as sock:
-        sock.bind(("127.0.0.1", 0))
-        return sock.getsockname()[1]
 
 
 @dataclass

@@ -13,7 +13,7 @@ import httpx
 import orjson
 import pytest
 
-from tests.conftest import eventually
+from tests.support.waiting import eventually
 
 ROOT = Path(__file__).parents[2]
 
