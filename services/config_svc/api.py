@@ -8,7 +8,8 @@ from fastapi import Depends, FastAPI, Header, Query, Request
 from fastapi.responses import JSONResponse, Response
 from starlette.types import ASGIApp, Message, Receive, Scope, Send
 
-from services.config_svc.accounts import AccountError, AccountService
+from services.config_svc.accounts import AccountService
+from services.config_svc.errors import AccountError, NotFound
 from services.config_svc.schemas import (
     AccountFields,
     AccountOut,
@@ -97,17 +98,9 @@ def create_app(service: AccountService, verifier: TokenVerifier, health: Health,
     app = FastAPI(title="mail-delivery: accounts", version="1", docs_url="/docs")
     app.add_middleware(BodyLimit, max_bytes=max_body_bytes)
     install_common_handlers(app)
+    _answer_refusals(app)
     UserDep = Annotated[User, Depends(user_dependency(verifier))]
     Lang = Annotated[str | None, Header(alias="Accept-Language")]
-
-    @app.exception_handler(AccountError)
-    async def account_error(_request: Request, error: AccountError) -> JSONResponse:
-        return JSONResponse({"detail": error.detail}, status_code=error.status)
-
-    @app.exception_handler(UndecryptableSecret)
-    async def undecryptable(_request: Request, error: UndecryptableSecret) -> JSONResponse:
-        return JSONResponse({"detail": str(error)}, status_code=500)
-
     writes = [Depends(strict_json)]
 
     @app.get("/v1/accounts", response_model=AccountPage)
@@ -124,7 +117,7 @@ def create_app(service: AccountService, verifier: TokenVerifier, health: Health,
     @app.post("/v1/accounts/test-mail", response_model=TestMailReport, dependencies=writes)
     async def test_unsaved(fields: UnsavedTestMail, user: UserDep,
                            accept_language: Lang = None) -> TestMailReport:
-        return await service.test_unsaved(fields, pick_language(accept_language), user)
+        return await service.test_mails.unsaved(fields, pick_language(accept_language), user)
 
     @app.get("/v1/accounts/{account_id}", response_model=AccountOut)
     async def read_account(account_id: str, user: UserDep) -> AccountOut:
@@ -151,11 +144,21 @@ def create_app(service: AccountService, verifier: TokenVerifier, health: Health,
               dependencies=writes)
     async def test_saved(account_id: str, body: TestMailTo, user: UserDep,
                          accept_language: Lang = None) -> TestMailReport:
-        return await service.test_saved(_uuid(account_id), body.to,
-                                        pick_language(accept_language), user)
+        return await service.test_mails.saved(_uuid(account_id), body.to,
+                                              pick_language(accept_language), user)
 
     app.router.routes.extend(health_routes(health))
     return app
+
+
+def _answer_refusals(app: FastAPI) -> None:
+    @app.exception_handler(AccountError)
+    async def account_error(_request: Request, error: AccountError) -> JSONResponse:
+        return JSONResponse({"detail": error.detail}, status_code=error.status)
+
+    @app.exception_handler(UndecryptableSecret)
+    async def undecryptable(_request: Request, error: UndecryptableSecret) -> JSONResponse:
+        return JSONResponse({"detail": str(error)}, status_code=500)
 
 
 def _uuid(value: str) -> str:
@@ -163,8 +166,4 @@ def _uuid(value: str) -> str:
     try:
         return str(uuid.UUID(value))
     except ValueError:
-        raise _NoSuchAccount(f"no account {value}") from None
-
-
-class _NoSuchAccount(AccountError):
-    status = 404
+        raise NotFound(f"no account {value}") from None

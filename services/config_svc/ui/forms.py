@@ -6,7 +6,7 @@ from typing import Any
 
 from pydantic import ValidationError
 
-from services.config_svc.accounts import AccountError
+from services.config_svc.errors import AccountError
 
 
 @dataclass(frozen=True)

@@ -18,7 +18,8 @@ from fastapi.staticfiles import StaticFiles
 from jinja2 import Environment, FileSystemLoader, select_autoescape
 from pydantic import ValidationError
 
-from services.config_svc.accounts import AccountError, AccountService
+from services.config_svc.accounts import AccountService
+from services.config_svc.errors import AccountError
 from services.config_svc.schemas import AccountFields, AccountPatch, UnsavedTestMail
 from services.config_svc.ui.forms import (
     ACCOUNT_FIELDS,
@@ -220,10 +221,11 @@ def mount_ui(app: FastAPI, service: AccountService, sessions: Sessions,
         try:
             form = {**account_values(values, partial=False), "to": values.get("to", "")}
             if values.get("account_id"):  # a saved account's form: its stored passwords
-                report = await service.test_edited(str(values["account_id"]), form, lang, user)
+                report = await service.test_mails.edited(str(values["account_id"]), form,
+                                                         lang, user)
             else:
-                report = await service.test_unsaved(UnsavedTestMail.model_validate(form),
-                                                    lang, user)
+                report = await service.test_mails.unsaved(
+                    UnsavedTestMail.model_validate(form), lang, user)
         except (ValidationError, AccountError) as error:
             return _headers(JSONResponse({"ok": False, "errors": errors_of(error)},
                                          status_code=422))
