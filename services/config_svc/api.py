@@ -10,6 +10,7 @@ from starlette.types import ASGIApp, Message, Receive, Scope, Send
 
 from services.config_svc.accounts import AccountService
 from services.config_svc.errors import AccountError, NotFound
+from services.config_svc.i18n import pick_language
 from services.config_svc.schemas import (
     AccountFields,
     AccountOut,
@@ -19,7 +20,7 @@ from services.config_svc.schemas import (
     TestMailTo,
     UnsavedTestMail,
 )
-from services.config_svc.testmail import TestMailReport, pick_language
+from services.config_svc.testmail import TestMailReport
 from shared.api import install_common_handlers, user_dependency
 from shared.auth import TokenVerifier, User
 from shared.crypto import UndecryptableSecret

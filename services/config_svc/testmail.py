@@ -11,23 +11,20 @@ import ssl
 from datetime import UTC, datetime
 from email.headerregistry import Address
 from email.message import EmailMessage
-from typing import ClassVar, Literal
+from typing import ClassVar
 
 from pydantic import BaseModel
 
 from services.config_svc.hints import hint
+from services.config_svc.i18n import Lang, translator
 from shared.smtp import SmtpEndpoint, SmtpSession, SmtpStageError, StageResult
 
-Lang = Literal["en", "ja"]
-
-_SENT: dict[Lang, str] = {"en": "Mail was sent", "ja": "メールを送信しました"}
-_SUBJECT: dict[Lang, str] = {"en": "Test mail", "ja": "テストメール"}
-_BODY: dict[Lang, str] = {
-    "en": "This is a test mail from the mail delivery service.\n\n"
-          "It arrived, so the account's settings work: mail can be sent as {address}.\n",
-    "ja": "メール配信サービスからのテストメールです。\n\n"
-          "このメールが届いていれば、アカウントの設定は正しく、{address} から送信できます。\n",
-}
+# English msgids of the service's catalog (i18n.py), which holds their Japanese.
+_SENT = "Mail was sent"
+_FAILED = "Test mail failed at {stage}: {reply}"
+_SUBJECT = "Test mail"
+_BODY = ("This is a test mail from the mail delivery service.\n\n"
+         "It arrived, so the account's settings work: mail can be sent as {address}.\n")
 
 
 class TestMailStage(BaseModel):
@@ -87,7 +84,7 @@ async def run_test_mail(endpoint: SmtpEndpoint, *, from_address: str, from_name:
         await session.close()
     return TestMailReport(
         ok=failure is None,
-        message=_SENT[lang] if failure is None else _summary(failure, lang),
+        message=translator(lang)(_SENT) if failure is None else _summary(failure, lang),
         stages=stages, capabilities=session.capabilities,
         auth_mechanisms=session.auth_mechanisms, failure=failure,
     )
@@ -106,52 +103,20 @@ def build_test_message(*, from_address: str, from_name: str | None, reply_to: st
     message["To"] = to
     if reply_to:
         message["Reply-To"] = reply_to
-    message["Subject"] = _SUBJECT[lang]
+    message["Subject"] = translator(lang)(_SUBJECT)
     message["Date"] = email.utils.format_datetime(datetime.now(UTC))
     message["Message-ID"] = email.utils.make_msgid(domain=_ascii_domain(from_address))
-    body = _BODY[lang].format(address=from_address)
+    body = translator(lang)(_BODY).format(address=from_address)
     # base64 keeps a Japanese body 7-bit clean for servers without 8BITMIME.
     message.set_content(body, cte="7bit" if body.isascii() else "base64")
     return message.as_bytes()
-
-
-def pick_language(accept_language: str | None) -> Lang:
-    """ja when Japanese is preferred per the header's q-values, else en.
-
-    Each language gets the q of its most specific matching range ("ja-JP", "ja", then "*");
-    unlisted languages get 0; a tie goes to English.
-    """
-    ranges: dict[str, float] = {}
-    for item in (accept_language or "").split(","):
-        tag, *params = (part.strip() for part in item.split(";"))
-        if not tag:
-            continue
-        q = 1.0
-        for param in params:
-            name, _, value = param.partition("=")
-            if name.strip().lower() == "q":
-                try:
-                    q = float(value)
-                except ValueError:
-                    q = 0.0
-        ranges[tag.lower()] = max(q, ranges.get(tag.lower(), 0.0))
-    return "ja" if _quality(ranges, "ja") > _quality(ranges, "en") else "en"
-
-
-def _quality(ranges: dict[str, float], language: str) -> float:
-    specific = [q for tag, q in ranges.items() if tag == language or tag.startswith(language + "-")]
-    if specific:
-        return max(specific)
-    return ranges.get("*", 0.0)
 
 
 def _summary(failure: TestMailFailure, lang: Lang) -> str:
     reply = failure.smtp_message if failure.smtp_code is None else (
         f"{failure.smtp_code} {failure.smtp_message}")
     reply = " ".join(reply.split())  # multi-line SMTP replies: one line here
-    if lang == "ja":
-        return f"テストメールの送信に失敗しました({failure.stage}): {reply}"
-    return f"Test mail failed at {failure.stage}: {reply}"
+    return translator(lang)(_FAILED).format(stage=failure.stage, reply=reply)
 
 
 def _ascii_domain(address: str) -> str:

@@ -1,12 +1,14 @@
 """Each failure of a test mail earns a hint naming the setting likely wrong, in English and
-Japanese; and the report's language follows the Accept-Language header."""
+Japanese (the Japanese from the screens' catalog); and the report's language follows the
+Accept-Language header."""
 
 import re
 
 import pytest
 
+from services.config_svc import testmail
 from services.config_svc.hints import _HINTS, diagnose, hint
-from services.config_svc.testmail import pick_language
+from services.config_svc.i18n import CATALOGS, pick_language
 from shared.smtp import PopLogin, SmtpEndpoint
 
 STARTTLS_587 = SmtpEndpoint("smtp.example.com", 587, "starttls", username="u", password="p")
@@ -90,8 +92,18 @@ def test_every_hint_is_written_in_both_languages_and_every_case_is_tested():
                                          "login_temporary", "auth_not_offered",
                                          "auth_mechanism", "data_refused", "unknown"} \
         == set(_HINTS)
-    for wording in _HINTS.values():
-        assert set(wording) == {"en", "ja"}
+    for english in _HINTS.values():
+        assert JAPANESE.search(CATALOGS["ja"].get(english, "")), english
+
+
+PLACEHOLDER = re.compile(r"\{(\w*)\}")
+
+
+@pytest.mark.parametrize("english", [*_HINTS.values(), testmail._SENT, testmail._FAILED,
+                                     testmail._SUBJECT, testmail._BODY])
+def test_the_japanese_keeps_the_placeholders_that_are_filled_in_after_the_translation(english):
+    japanese = CATALOGS["ja"][english]
+    assert sorted(PLACEHOLDER.findall(japanese)) == sorted(PLACEHOLDER.findall(english))
 
 
 def test_a_login_refused_hint_reads_like_the_seeds_advice():

@@ -1,27 +1,13 @@
-"""Japanese and English: the templates' words are English msgids, translated by the gettext
-catalogs in `locales/` (read with Babel at start, no compile step)."""
+"""The screens' language: the switch's choice or the browser's; the words are translated by
+the service's one catalog (services/config_svc/i18n.py)."""
 
-from collections.abc import Callable
-from pathlib import Path
-
-from babel.messages.pofile import read_po
 from fastapi import Request
 
-LANGUAGES = ("ja", "en")
+from services.config_svc.i18n import LANGUAGES, translator
+
+__all__ = ["LANGUAGES", "LANG_COOKIE", "language", "translator"]
+
 LANG_COOKIE = "mail_lang"
-_LOCALES = Path(__file__).parent / "locales"
-
-
-def _catalog(lang: str) -> dict[str, str]:
-    path = _LOCALES / lang / "LC_MESSAGES" / "messages.po"
-    if not path.exists():
-        return {}
-    with path.open("rb") as file:
-        catalog = read_po(file, locale=lang)
-    return {str(m.id): str(m.string) for m in catalog if m.id and m.string}
-
-
-CATALOGS = {lang: _catalog(lang) for lang in LANGUAGES}
 
 
 def language(request: Request) -> str:
@@ -34,12 +20,3 @@ def language(request: Request) -> str:
         if code in LANGUAGES:
             return code
     return "en"
-
-
-def translator(lang: str) -> Callable[[str], str]:
-    words = CATALOGS.get(lang, {})
-
-    def gettext(message: str) -> str:
-        return words.get(message, message)
-
-    return gettext
