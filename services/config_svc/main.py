@@ -48,7 +48,8 @@ async def serve(settings: ConfigSettings) -> None:
         # The screens' CSRF tokens: the same on every replica, never the key itself.
         csrf_key = hashlib.sha256(
             b"mail-ui-csrf:" + settings.encryption_keys()[0].encode()).digest()
-        mount_ui(app, service, Sessions(verifier, csrf_key), settings.dispatcher_url)
+        close_ui = mount_ui(app, service, Sessions(verifier, csrf_key),
+                            settings.dispatcher_url)
         server = HttpServer(app, settings.http_host, settings.http_port)
         stop = stop_on_signals()
         relay_task = asyncio.create_task(relay.run(), name="outbox")
@@ -56,5 +57,6 @@ async def serve(settings: ConfigSettings) -> None:
         log.info("config_svc ready", port=settings.http_port)
         await stop.wait()
         await server.stop()
+        await close_ui()
         relay.stop()
         await relay_task

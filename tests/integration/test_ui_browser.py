@@ -93,9 +93,12 @@ async def ui_site(accounts_api: AccountsApi, browser: Browser,
                   dispatcher_url: str = "http://127.0.0.1:9") -> AsyncIterator[Site]:
     verifier = TokenVerifier("HS256", JWT_SECRET)
     app = accounts_app(accounts_api.service, verifier, Health(), 65536)
-    mount_ui(app, accounts_api.service, Sessions(verifier, b"k" * 32), dispatcher_url)
-    async with served(app) as url:
-        yield Site(url, browser, accounts_api)
+    close = mount_ui(app, accounts_api.service, Sessions(verifier, b"k" * 32), dispatcher_url)
+    try:
+        async with served(app) as url:
+            yield Site(url, browser, accounts_api)
+    finally:
+        await close()
 
 
 @pytest.fixture
