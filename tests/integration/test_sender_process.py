@@ -210,7 +210,7 @@ def rcpt_counts(server: SmtpTestServer) -> Counter[str]:
 async def test_pacing_holds_with_two_senders_and_across_a_sigkill_of_the_active_one(
     harness: Harness,
 ) -> None:
-    interval_ms, total = 500, 20
+    interval_ms, total = 250, 20  # what is tested is that it holds, whatever it is
     async with smtp_server() as server:
         account_id = await harness.account(server, interval_ms)
         # The replica that rendezvous hashing gives the account starts first, the other
