@@ -91,6 +91,9 @@ class FakeStore:
     held: list[tuple[str, int]] = field(default_factory=list)
     faults: int = 0  # writes to fail before one succeeds
     leases: dict[str, FakeLease] = field(default_factory=dict)
+    reads: int = 0
+    # After this many reads of a row, these changes to it (what another process committed).
+    changes_after: tuple[int, dict[str, Any]] | None = None
 
     def _fault(self) -> None:
         if self.faults:
@@ -98,8 +101,14 @@ class FakeStore:
             raise ConnectionError("the database is away")
 
     async def recipient(self, delivery_id: str, index: int) -> dict[str, Any] | None:
+        self.reads += 1
         row = self.rows.get((delivery_id, index))
-        return dict(row) if row is not None else None
+        if row is None:
+            return None
+        seen = dict(row)
+        if self.changes_after is not None and self.reads == self.changes_after[0]:
+            row.update(self.changes_after[1])
+        return seen
 
     async def hold(self, delivery_id: str, index: int) -> bool:
         row = self.rows[(delivery_id, index)]
@@ -146,6 +155,7 @@ class FakeStore:
 
     async def set_interval(self, account_id: str, interval_ms: int | None,
                            event: dict | None = None) -> None:
+        self._fault()
         self.intervals.append(interval_ms)
         if event is not None:
             self.outbox.append(event)
@@ -162,10 +172,12 @@ class FakeSession:
     """An SMTP server's answers, one a send: a (code, text) accepted, an SmtpStageError
     raised, or "withdraw" (the row read before DATA decides). Keeps each envelope sent."""
 
-    def __init__(self, *answers: Any) -> None:
+    def __init__(self, *answers: Any, clock: FakeClock | None = None) -> None:
         self.answers = list(answers)
-        self.connections = 1
+        self.connections = 0  # as a real session: the first send opens one
+        self.clock = clock
         self.sent: list[tuple[str, str]] = []
+        self.started: list[float] = []  # when each MAIL went out, on the fake clock
         self.closed = 0
         self.opened = 0
 
@@ -174,6 +186,12 @@ class FakeSession:
 
     async def send(self, sender: str, recipient: str, data: bytes, *,
                    before_data: Any = None) -> tuple[int, str]:
+        await asyncio.sleep(0)  # the wire: the ledger read begun beside it gets its turn
+        if self.closed >= self.opened:  # no session open: this send opens one
+            self.opened += 1
+            self.connections += 1
+        if self.clock is not None:
+            self.started.append(self.clock.now())
         if before_data is not None and not await before_data():
             raise Withdrawn()
         answer = self.answers.pop(0) if self.answers else (250, "2.0.0 OK queued")
@@ -183,7 +201,7 @@ class FakeSession:
         return answer
 
     async def close(self) -> None:
-        self.closed += 1
+        self.closed = self.opened
 
 
 def expired_at() -> datetime:

@@ -22,7 +22,7 @@ from services.sender import metrics, store
 from services.sender.consumers.account_events import AccountEvents
 from services.sender.consumers.channels import ConsumerChannels
 from services.sender.consumers.recovery import recover
-from services.sender.consumers.replicas import Replicas
+from services.sender.consumers.replicas import Replicas, Seen
 from services.sender.consumers.standby import Standbys
 from services.sender.consumers.subscriber import Subscriber
 from services.sender.consumers.timers import Timers
@@ -134,7 +134,7 @@ class Supervisor:
             rows = [row for row in rows if str(row["id"]) == only]
         wanted = {str(row["id"]): row for row in rows
                   if not row["paused"] and row["paused_reason"] is None}
-        await self._replicas.look()
+        replicas = await self._replicas.look()
         failed = 0
         if only is None:
             self._wanted = set(wanted)
@@ -144,8 +144,9 @@ class Supervisor:
             self._wanted.discard(only)
         async with self._lock:
             known = [only] if only is not None else list(self.workers)
-            await self._stop_unwanted(known, wanted, {str(row["id"]) for row in rows})
-            now, later = self._due(wanted)
+            await self._stop_unwanted(known, wanted, {str(row["id"]) for row in rows},
+                                      replicas)
+            now, later = self._due(wanted, replicas)
             failed += await self._subscriber.subscribe_all(now)
             for row in rows:  # connection and quota pauses end by themselves
                 self.timers.follow(row)
@@ -163,13 +164,13 @@ class Supervisor:
             self._recover()
 
     async def _stop_unwanted(self, known: list[str], wanted: dict[str, Any],
-                             live: set[str]) -> None:
+                             live: set[str], replicas: Seen) -> None:
         """Consumers this replica should not hold: an account handed back to its owner, one
         paused or deleted (its worker retired)."""
         for account_id in known:
             worker = self.workers.get(account_id)
             if (worker is not None and account_id in wanted
-                    and self._replicas.hands_back(worker)):
+                    and replicas.hands_back(worker)):
                 # Between its sends or during one, the lease covers the hand-over: the
                 # owner's first send waits for it (and for the pause) to end.
                 # Subscribed again below, behind the owner's waiting consumer: a standby.
@@ -184,7 +185,7 @@ class Supervisor:
                 del self.workers[account_id]
                 self._spawn(self._retire(worker), "retire")
 
-    def _due(self, wanted: dict[str, Any]) -> tuple[list[str], list[str]]:
+    def _due(self, wanted: dict[str, Any], replicas: Seen) -> tuple[list[str], list[str]]:
         """The wanted accounts not consumed here: to subscribe now (this replica owns them,
         or a consumer was lost here), and later, as standby."""
         now, later = [], []
@@ -192,7 +193,7 @@ class Supervisor:
             worker = self.workers.get(account_id)
             if worker is not None and worker.consumer_tag is not None:
                 continue
-            owner = self._replicas.owner(account_id)
+            owner = replicas.owner(account_id)
             if owner in (None, self._parts.settings.replica_id) or worker is not None:
                 now.append(account_id)  # its owner, or a consumer lost here: at once
             elif account_id not in self._pending_standby:

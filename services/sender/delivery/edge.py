@@ -126,9 +126,13 @@ class Edge:
                         urgent: bool) -> None:
         # The job runs in a task of its own: a channel that closes cancels its consumers'
         # callbacks, and a send cancelled between its 250 and its record would be sent again.
-        arrived = arrival(message.body, urgent, home)
-        in_hand = InHand(message, arrived, self._topology, self._channel, self._account_id)
-        task = asyncio.create_task(self._handler.take(arrived, in_hand))
+        task = asyncio.create_task(self._take(message, home, urgent))
         self._tasks.add(task)
         task.add_done_callback(self._tasks.discard)
         await asyncio.shield(task)
+
+    async def _take(self, message: AbstractIncomingMessage, home: Any | None,
+                    urgent: bool) -> None:
+        arrived = arrival(message.body, urgent, home)
+        await self._handler.take(arrived, InHand(message, arrived, self._topology,
+                                                 self._channel, self._account_id))

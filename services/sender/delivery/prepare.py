@@ -47,7 +47,10 @@ async def prepare(worker: Any, parts: Any, outcomes: Outcomes,
             job.delivery_id, turn.home if turn.home is not None else worker.account)
         mail = composer.compose(email=job.email, name=job.name, vars=job.vars)
     except (LookupError, ValueError) as error:
-        return await _not_composed(parts, outcomes, turn, error)
+        done = await _not_composed(parts, outcomes, turn, error)
+        if done is None:
+            raise  # the delivery's row not there yet, or the database away: tried again
+        return done
     try:
         session = await worker.session_for_send()
     except UndecryptableSecret as error:
@@ -57,12 +60,12 @@ async def prepare(worker: Any, parts: Any, outcomes: Outcomes,
 
 
 async def _not_composed(parts: Any, outcomes: Outcomes, turn: InTurn,
-                        error: Exception) -> Disposition:
+                        error: Exception) -> Disposition | None:
     row = await parts.store.recipient(turn.job.delivery_id, turn.job.index)
     if row is None or row["state"] in NOT_TO_SEND:
         return await outcomes.already_done(turn, row)
     if isinstance(error, LookupError):
-        raise error
+        return None
     # A message that can never be written: failed, never retried.
     await outcomes.settle(turn, row["metadata"], "failed", None, f"not sendable: {error}",
                           None, touched_server=False)

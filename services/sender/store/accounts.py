@@ -32,12 +32,13 @@ async def set_interval(db: asyncpg.Pool, account_id: str, interval_ms: int | Non
                        event: dict[str, Any] | None = None) -> None:
     """The pace a throttling provider left (None: the configured one), with its
     `account.throttled` when there is one, in one transaction."""
+    update = "UPDATE account_runtime SET interval_ms = $2 WHERE account_id = $1"
+    if event is None:  # one round trip, as a decay step after each success needs
+        await db.execute(update, account_id, interval_ms)
+        return
     async with db.acquire() as connection, connection.transaction():
-        await connection.execute(
-            "UPDATE account_runtime SET interval_ms = $2 WHERE account_id = $1",
-            account_id, interval_ms)
-        if event is not None:
-            await add_event(connection, event)
+        await connection.execute(update, account_id, interval_ms)
+        await add_event(connection, event)
 
 
 async def set_paused(db: asyncpg.Pool, account_id: str, reason: str | None,
