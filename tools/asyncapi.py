@@ -46,9 +46,7 @@ _AT = datetime(2026, 11, 2, 9, 30, tzinfo=UTC)
 _ACCOUNT = "5d1e2f3a-4b5c-6d7e-8f9a-0b1c2d3e4f5a"
 _STANDBY = "7a8b9c0d-1e2f-4a5b-8c6d-7e8f9a0b1c2d"
 _META = {"crm_delivery": 123}
-# The command the document names is the module's path before it moved to tools/: the move
-# left docs/asyncapi.yaml byte for byte as it was. Change it with a regenerated document.
-_GENERATOR = "python -m shared.asyncapi"
+_GENERATOR = "python -m tools.asyncapi"
 
 
 def _account() -> AccountPublic:
