@@ -1,5 +1,6 @@
 """The fault suite: real processes on a private stack, one delivery per account over several
-accounts (intervals 0 and 200 ms; 100 in the short form), one fault per row, and one table at the end.
+accounts (intervals 0 and 200 ms; 100 in the short form), one fault per row, and one table at
+the end.
 
     python -m tests.faults.suite [--long] [--only TEXT]     (`make faults`; `make test` runs the
                                                         short form through

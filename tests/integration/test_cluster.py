@@ -30,6 +30,7 @@ from tests.integration import test_sender_process
 from tests.integration.dispatcher_fixtures import insert_account
 from tests.integration.sender_fixtures import configure_account
 from tests.integration.test_sender_process import Harness, rcpt_counts
+from tests.support import early
 from tests.support.mail import gaps
 from tests.support.smtp_servers import smtp_server
 from tests.support.waiting import eventually
@@ -73,27 +74,42 @@ class Cluster:
         return (await self.queue(queue, via))["leader"]
 
 
+STACK = [sys.executable, str(ROOT / "deploy/local/stack.py")]
+
+
+def start_cluster() -> Path:
+    folder = Path(required_env("MAIL_STACK_DIR")).parent / "test-cluster"
+    subprocess.run([*STACK, "purge", "--dir", str(folder)], capture_output=True, timeout=120)
+    subprocess.run([*STACK, "cluster-up", "--dir", str(folder), "--ports", "free",
+                    "--nodes", "3"], check=True, timeout=600)
+    return folder
+
+
+def throw_away(folder: Path) -> None:
+    """Its nodes SIGKILLed (at once, a graceful stop takes seconds a node), then the purge
+    finds nothing running and removes the folder."""
+    kills = [subprocess.Popen([*STACK, "kill-node", "--node", str(n), "--dir", str(folder)],
+                              stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+             for n in (1, 2, 3)]
+    for kill in kills:
+        kill.wait(timeout=60)
+    subprocess.run([*STACK, "purge", "--dir", str(folder)], capture_output=True, timeout=120)
+
+
+# Started as the session begins; the module runs last (tests/support/early.py).
+EARLY = [("cluster", start_cluster, throw_away)]
+
+
 @pytest.fixture(scope="module")
 def cluster() -> Iterator[Cluster]:
-    folder = Path(required_env("MAIL_STACK_DIR")).parent / "test-cluster"
-    run = [sys.executable, str(ROOT / "deploy/local/stack.py")]
-    subprocess.run([*run, "purge", "--dir", str(folder)], capture_output=True, timeout=120)
-    subprocess.run([*run, "cluster-up", "--dir", str(folder), "--ports", "free", "--nodes", "3"],
-                   check=True, timeout=600)
+    folder = early.take("cluster", start_cluster)
     env = dict(line.split("=", 1) for line in (folder / "env").read_text().splitlines())
     try:
         yield Cluster(folder, env["MAIL_AMQP_URL"].split(","),
                       env["MAIL_RABBITMQ_MANAGEMENT_URLS"].split(","),
                       env["MAIL_RABBITMQ_NODES"].split(","))
     finally:
-        # Thrown away: its nodes SIGKILLed (at once, a graceful stop takes seconds a node),
-        # then the purge finds nothing running and removes the folder.
-        kills = [subprocess.Popen([*run, "kill-node", "--node", str(n), "--dir", str(folder)],
-                                  stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
-                 for n in (1, 2, 3)]
-        for kill in kills:
-            kill.wait(timeout=60)
-        subprocess.run([*run, "purge", "--dir", str(folder)], capture_output=True, timeout=120)
+        throw_away(folder)
 
 
 @pytest.fixture

@@ -10,14 +10,24 @@ from pathlib import Path
 import pytest
 
 from tests.faults.suite import ROOT, run_suite, stack_down, stack_up, table
+from tests.support import early
 
 
-@pytest.mark.timeout(900)
-async def test_the_short_fault_suite_meets_its_goal_on_every_row(tmp_path: Path) -> None:
+def start_stack() -> Path:
     # Short: the socket path of PostgreSQL lives under it.
     stack_dir = ROOT / ".run" / f"faults-{os.getpid()}"
     stack_down(stack_dir)
     stack_up(stack_dir)
+    return stack_dir
+
+
+# Started as the session begins; the module runs last (tests/support/early.py).
+EARLY = [("fault stack", start_stack, stack_down)]
+
+
+@pytest.mark.timeout(900)
+async def test_the_short_fault_suite_meets_its_goal_on_every_row(tmp_path: Path) -> None:
+    stack_dir = early.take("fault stack", start_stack)
     try:
         outcomes = await run_suite(False, stack_dir, tmp_path)
     finally:

@@ -12,6 +12,8 @@ from pathlib import Path
 import asyncpg
 import pytest
 
+from tests.support import early
+
 ROOT = Path(__file__).resolve().parents[2]
 
 
@@ -28,13 +30,27 @@ async def answers(dsn: str) -> int:
         await connection.close()
 
 
+def start_private() -> tuple[Path, subprocess.CompletedProcess]:
+    parent = Path(tempfile.mkdtemp(prefix="checkout-"))  # mode 0700, root's
+    return parent, stack("up", "--dir", str(parent / "s"), "--ports", "free")
+
+
+def remove(started: tuple[Path, subprocess.CompletedProcess]) -> None:
+    parent, _ = started
+    stack("purge", "--dir", str(parent / "s"))
+    shutil.rmtree(parent, ignore_errors=True)
+
+
+# Started as the session begins; the module runs last (tests/support/early.py).
+EARLY = [("private stack", start_private, remove)]
+
+
 @pytest.mark.timeout(300)
 def test_a_stack_under_a_0700_parent_starts_and_purge_leaves_nothing() -> None:
-    parent = Path(tempfile.mkdtemp(prefix="checkout-"))  # mode 0700, root's
+    parent, up = early.take("private stack", start_private)
     assert parent.stat().st_mode & 0o777 == 0o700
     directory = parent / "s"
     try:
-        up = stack("up", "--dir", str(directory), "--ports", "free")
         assert up.returncode == 0, up.stderr + up.stdout
         assert "cannot enter" in up.stdout
         outside = Path((directory / "postgres-home").read_text().strip())
