@@ -34,7 +34,7 @@ from tests.integration.test_dispatcher import (  # noqa: F401 - run again
 )
 from tests.integration.test_dispatcher_process import (  # noqa: F401 - run again
     dispatcher_process,
-    test_a_dispatcher_killed_mid_fanout_publishes_every_job_exactly_once,
+    test_a_dispatcher_killed_mid_fanout_publishes_every_job_and_one_window_at_most_twice,
 )
 from tests.integration.test_migrations import (  # noqa: F401 - run again
     test_a_failing_migration_leaves_nothing_half_done,
