@@ -24,7 +24,9 @@ by the SMTP servers (aiosmtpd, in this process) and the ledger:
 import argparse
 import asyncio
 import collections
+import dataclasses
 import itertools
+import json
 import os
 import signal
 import subprocess
@@ -588,8 +590,12 @@ def main() -> int:
                         "three-node cluster's leader killed and another node restarted")
     parser.add_argument("--only", default="", metavar="TEXT",
                         help="only the rows whose name holds TEXT (any case)")
+    parser.add_argument("--stack-dir", type=Path, default=ROOT / ".run" / "faults-stack",
+                        help="the private stack's folder (made and removed here)")
+    parser.add_argument("--json", type=Path, metavar="PATH",
+                        help="also write the rows' outcomes to PATH")
     args = parser.parse_args()
-    stack_dir = ROOT / ".run" / "faults-stack"
+    stack_dir = args.stack_dir
     # The long form's cluster rows: a three-node cluster of their own (about 30 s to start;
     # too slow beside the short form in `make test`, which has test_cluster.py instead).
     cluster_dir = ROOT / ".run" / "faults-cluster" if (
@@ -613,6 +619,8 @@ def main() -> int:
             stack_down(cluster_dir)
     print(table(outcomes))
     print(f"\nprocess logs: {log_dir}")
+    if args.json is not None:
+        args.json.write_text(json.dumps([dataclasses.asdict(o) for o in outcomes]))
     return 0 if all(o.goal_met for o in outcomes) else 1
 
 
