@@ -28,6 +28,17 @@ _HARD_WORDS = re.compile(
     r"recipient (address )?rejected: (user unknown|undeliverable)|address rejected|"
     r"unrouteable address|no mailbox here|unknown recipient|recipient not found|"
     r"宛先不明|存在しません|アカウントが無効", re.IGNORECASE)
+# The sender's side refused (its address, its domain, its host, its rate), whatever the class
+# of the code: the recipient's address says nothing of it. Checked before the address's own
+# words, which "Sender address rejected" or "sender domain does not exist" would match.
+_SENDER_WORDS = re.compile(
+    r"sender (address )?(rejected|refused|denied|verify failed)|"
+    r"(domain of )?sender('s)? (address|domain)\b.*(does not exist|not found|unknown)|"
+    r"after mail from|\bmail from\b.*(rejected|refused|denied|not exist)|"
+    r"reverse (dns|lookup)|\bptr\b|cannot find your (reverse )?hostname|"
+    r"client host rejected|"
+    r"receiving mail at a rate|too many (recipients|messages)|rate (limit|that prevents)",
+    re.IGNORECASE)
 _SOFT_WORDS = re.compile(
     r"mailbox (is )?full|over ?quota|quota exceeded|insufficient (disk )?space|"
     r"try again later|temporar(il)?y|timed? ?out|connection refused|容量", re.IGNORECASE)
@@ -39,12 +50,26 @@ def status_of(text: str) -> str | None:
     return ".".join(found.groups()) if found else None
 
 
+def most_specific(status: str | None, text: str) -> str | None:
+    """The status, unless it is a generic X.0.0 and the diagnostic names a specific one (a
+    `Status: 5.0.0` whose server wrote 5.7.1)."""
+    given = status_of(status or "")
+    written = status_of(text)
+    if given is None or (given.endswith(".0.0") and written and not written.endswith(".0.0")):
+        return written or given
+    return given
+
+
 def classify(status: str | None, diagnostic: str, action: str | None = None) -> Kind:
     text = diagnostic or ""
-    code = status_of(status or "") or status_of(text)
+    code = most_specific(status, text)
     klass, subject, detail = (code.split(".") if code else (None, None, None))
     if subject == "7":
         return "policy"  # X.7.x: security and policy, whatever the words
+    if subject == "1" and detail in ("7", "8"):
+        return "policy"  # X.1.7, X.1.8: the sender's address or its domain, not the recipient's
+    if _SENDER_WORDS.search(text):
+        return "policy"
     if _POLICY_WORDS.search(text) and not (subject == "1" and detail == "1"
                                            and _HARD_WORDS.search(text)):
         return "policy"
