@@ -39,9 +39,8 @@ _jobs: dict[str, Job] = {}
 
 
 def begin(jobs: list[tuple[str, Callable[[], Any], Callable[[Any], None] | None]]) -> None:
-    for name, work, cleanup in jobs:
-        _jobs.setdefault(name, Job(name, work, cleanup))
-    queued = list(_jobs.values())
+    queued = [_jobs.setdefault(name, Job(name, work, cleanup)) for name, work, cleanup in jobs
+              if name not in _jobs]
 
     def run_all() -> None:
         for job in queued:

@@ -9,9 +9,9 @@ import pytest
 from cryptography.fernet import Fernet
 
 from services.sender.bounces.verp import Verp
+from services.sender.delivery.context import Arrival
 from services.sender.delivery.disposition import (
     Ack,
-    Arrival,
     Disposition,
     Requeue,
     ToDead,
@@ -70,6 +70,7 @@ class Harness:
         self.session = FakeSession(*answers, clock=self.clock)
         self.secret_readable = True
         self.wakes = 0
+        self.health = DatabaseHealth()
         self.pauses_heard: list[str] = []
         settings = SenderSettings(
             amqp_url="amqp://mail:secret@127.0.0.1/mail",
@@ -80,7 +81,7 @@ class Harness:
             pool=None, settings=settings, box=None, ssl_context=None,  # type: ignore[arg-type]
             topology=Topology(retry_delays_s=settings.retry_tiers()),
             publish_channel=None, composers=Composers(self.db),  # type: ignore[arg-type]
-            wake_events=self.wake, database=DatabaseHealth(), verp=Verp([]),
+            wake_events=self.wake, database=self.health, verp=Verp([]),
             store=self.db, sessions=self.sessions, clock=self.clock)
         self.worker = AccountWorker(account or account_row(), parts, self)
         self.worker.subscribing(None)
@@ -240,7 +241,7 @@ async def test_a_database_fault_while_recording_is_retried_in_place_never_sent_a
     assert len(harness.session.sent) == 1
     assert harness.state() == "sent" and len(harness.db.records) == 1
     assert harness.events() == ["mail.sent"]
-    assert harness.worker.recorder._health.healthy  # failed meanwhile, healthy again
+    assert harness.health.healthy  # failed meanwhile, healthy again
 
 
 async def test_a_redelivered_copy_of_a_sent_job_announces_it_again_without_a_send() -> None:

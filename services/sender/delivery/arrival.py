@@ -22,10 +22,15 @@ def expired(row: Any) -> bool:
     return row["expires_at"] is not None and datetime.now(UTC) >= row["expires_at"]
 
 
+def done_with(row: Any) -> bool:
+    """No row (an unknown job), or one not to be sent by the job in hand: settled, or
+    `scheduled` (the job is a stale copy)."""
+    return row is None or row["state"] in NOT_TO_SEND
+
+
 def sendable(row: Any) -> bool:
     """The recipient's row, if any, says the job may be sent now."""
-    return (row is not None and row["state"] not in NOT_TO_SEND and not expired(row)
-            and row["paused_at"] is None)
+    return not done_with(row) and not expired(row) and row["paused_at"] is None
 
 
 async def look(db: SendStore, job: SendJob) -> Any | None:

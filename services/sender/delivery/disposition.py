@@ -1,19 +1,6 @@
 """What becomes of the message in hand, as the handler decides and the edge carries out."""
 
 from dataclasses import dataclass
-from typing import Any
-
-from shared.messages import SendJob
-
-
-@dataclass(frozen=True)
-class Arrival:
-    """A message as the handler sees it: its job decoded once at the edge (None, with the
-    reason, when it cannot be), the queue it came from, and the account stood in for."""
-    job: SendJob | None
-    invalid: str | None = None
-    urgent: bool = False
-    home: Any | None = None  # the paused account whose queue a standby consumes
 
 
 @dataclass(frozen=True)

@@ -10,8 +10,8 @@ from aio_pika.abc import AbstractChannel, AbstractIncomingMessage
 from aio_pika.exceptions import ChannelInvalidStateError, DeliveryError
 from pydantic import ValidationError
 
+from services.sender.delivery.context import Arrival
 from services.sender.delivery.disposition import (
-    Arrival,
     Disposition,
     Requeue,
     ToDead,
@@ -40,8 +40,7 @@ class InHand:
         self._topology = topology
         self._channel = channel  # confirmed: a job put back is on its queue before the ack
         self._urgent = arrived.urgent
-        # The account whose queue the message came from.
-        self._queue_account = str(arrived.home["id"]) if arrived.home is not None else own_account
+        self._queue_account = arrived.queue_account(own_account)
 
     def alive(self) -> bool:
         """The message's channel is open: it can still be acked. Once it closed, the broker

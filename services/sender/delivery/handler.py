@@ -21,10 +21,9 @@ from services.sender import metrics
 from services.sender.delivery import arrival as on_arrival
 from services.sender.delivery.classify import classify
 from services.sender.delivery.compose import Composer, envelope_address
-from services.sender.delivery.context import InTurn
+from services.sender.delivery.context import Arrival, InTurn, stood_in_for
 from services.sender.delivery.disposition import (
     Ack,
-    Arrival,
     Disposition,
     Requeue,
     ToDead,
@@ -35,7 +34,6 @@ from services.sender.delivery.pacer import QuotaReached
 from services.sender.delivery.ports import Carrier, Session
 from services.sender.delivery.prepare import Prepared, prepare
 from services.sender.delivery.turns import Interrupted
-from services.sender.store.recipients import NOT_TO_SEND
 from shared.messages import SendJob
 from shared.smtp import SmtpStageError, Withdrawn
 
@@ -103,7 +101,7 @@ class JobHandler:
         Whatever fails here is left to the job's ordinary path, which reads the ledger again
         and has the fault handling."""
         job = arrived.job
-        queue_account = str(arrived.home["id"]) if arrived.home is not None else self._w.account_id
+        queue_account = arrived.queue_account(self._w.account_id)
         if job is None or job.account_id != queue_account or not self._worth_a_look():
             return False
         row = await on_arrival.look(self._db, job)
@@ -142,8 +140,8 @@ class JobHandler:
     async def _in_turn(self, arrived: Arrival, carrier: Carrier) -> None:
         structlog.contextvars.clear_contextvars()
         structlog.contextvars.bind_contextvars(account_id=self._w.account_id)
-        if arrived.home is not None:
-            structlog.contextvars.bind_contextvars(requested_account_id=str(arrived.home["id"]))
+        if (requested := stood_in_for(arrived.home)) is not None:
+            structlog.contextvars.bind_contextvars(requested_account_id=requested)
         started = self._clock.now()
         delay = FIRST_JOB_RETRY_S
         disposition: Disposition | None = None
@@ -229,7 +227,7 @@ class JobHandler:
             return await self.on_withdrawn(turn, check.task.result())
         except SmtpStageError as error:
             row = await check.task
-            if row is None or row["state"] in NOT_TO_SEND:
+            if on_arrival.done_with(row):
                 await self._w.recorder.mark_end()
                 return await self.outcomes.already_done(turn, row)
             return await self.outcomes.failed(turn, row, ready.metadata, error, classify(error))
@@ -244,7 +242,7 @@ class JobHandler:
     async def on_withdrawn(self, turn: InTurn, row: Any) -> Disposition:
         self._look_first = True
         await self._w.recorder.mark_end()
-        if row is None or row["state"] in NOT_TO_SEND:
+        if on_arrival.done_with(row):
             return await self.outcomes.already_done(turn, row)
         if on_arrival.expired(row):
             await on_arrival.expire(self._w.recorder, turn.job, row, turn.queue_account)

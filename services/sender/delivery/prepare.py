@@ -7,12 +7,12 @@ from typing import Any
 import structlog
 
 from services.sender import metrics
+from services.sender.delivery.arrival import done_with
 from services.sender.delivery.compose import Composer
 from services.sender.delivery.context import InTurn
 from services.sender.delivery.disposition import Ack, Disposition, ToQueue
 from services.sender.delivery.outcomes import Outcomes
 from services.sender.delivery.ports import Session
-from services.sender.store.recipients import NOT_TO_SEND
 from shared.crypto import UndecryptableSecret
 
 log = structlog.get_logger(__name__)
@@ -62,7 +62,7 @@ async def prepare(worker: Any, parts: Any, outcomes: Outcomes,
 async def _not_composed(parts: Any, outcomes: Outcomes, turn: InTurn,
                         error: Exception) -> Disposition | None:
     row = await parts.store.recipient(turn.job.delivery_id, turn.job.index)
-    if row is None or row["state"] in NOT_TO_SEND:
+    if done_with(row):
         return await outcomes.already_done(turn, row)
     if isinstance(error, LookupError):
         return None
