@@ -90,6 +90,7 @@ class FakeStore:
     intervals: list[int | None] = field(default_factory=list)
     held: list[tuple[str, int]] = field(default_factory=list)
     faults: int = 0  # writes to fail before one succeeds
+    outbox_faults: int = 0  # of `add_events` alone
     leases: dict[str, FakeLease] = field(default_factory=dict)
     reads: int = 0
     # After this many reads of a row, these changes to it (what another process committed).
@@ -162,6 +163,9 @@ class FakeStore:
 
     async def add_events(self, events: list[dict[str, Any]]) -> None:
         self._fault()
+        if self.outbox_faults:
+            self.outbox_faults -= 1
+            raise ConnectionError("the database is away")
         self.outbox.extend(events)
 
     def lease(self, account_id: str) -> FakeLease:

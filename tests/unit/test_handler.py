@@ -381,7 +381,7 @@ async def test_a_database_fault_announcing_a_redelivered_job_again_is_retried_in
     harness = Harness()
     job = harness.job(state="sent", message_id="<m@x>", attempts=1)
     await harness.hold_lease()
-    harness.db.faults = 1  # the outbox write of its events fails once
+    harness.db.outbox_faults = 1  # the outbox write of its events fails once
     assert await harness.take(job) == [Ack()]
     assert harness.events() == ["mail.sent"] and harness.session.sent == []
     assert 0.5 in harness.clock.slept  # the job's backoff, on the fake clock
